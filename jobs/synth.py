@@ -1,0 +1,6 @@
+"""`raycv TASK synth` as a Ray job: `ray job submit --working-dir . -- python jobs/synth.py TASK ...`."""
+
+from _entry import run_verb
+
+if __name__ == "__main__":
+    run_verb("synth")

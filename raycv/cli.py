@@ -1,0 +1,150 @@
+"""`raycv TASK VERB [--option value ...]`: the command line, one grammar for every task.
+
+    raycv classify synth   --out data/classify --train-size 20000 --val-size 2000
+    raycv classify train   --data data/classify --epochs 15 --workers 2 [--gpu]
+    raycv classify eval    --checkpoint runs/classify/train/checkpoint_... --data data/classify
+    raycv classify predict --checkpoint ... image1.png image2.png
+
+Training options come from TrainConfig, so every config field is a flag (--batch-size, --lr, ...).
+User errors print one line and exit with status 2; Ray connects to RAY_ADDRESS when it is set
+(as under `ray job submit`), and starts a local Ray otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Sequence
+
+from raycv.config import TrainConfig
+from raycv.errors import RaycvError
+from raycv.tasks import TASK_MODULES, get_task
+
+VERBS = ("synth", "train", "eval", "predict")
+
+
+def ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; unset flags keep the task's defaults."""
+    group = parser.add_argument_group("training options (defaults depend on the task)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "extra":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raycv", description="Classic computer vision on Ray.")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task_name in TASK_MODULES:
+        task_parser = tasks.add_parser(task_name, help=f"the {task_name} task")
+        verbs = task_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+        synth = verbs.add_parser("synth", help="synthesize a dataset with Ray Data (Parquet + manifest)")
+        synth.add_argument("--out", required=True, help="output folder or URI (s3://...)")
+        synth.add_argument("--train-size", type=int, default=20_000)
+        synth.add_argument("--val-size", type=int, default=2_000)
+        synth.add_argument("--seed", type=int, default=0)
+        synth.add_argument("--workers", type=int, default=None, help="parallel synthesis tasks (default: all CPUs)")
+        synth.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                           help="generator parameter (repeatable)")
+        synth.add_argument("--overwrite", action="store_true")
+
+        train = verbs.add_parser("train", help="train with Ray Train (DDP over --workers)")
+        train.add_argument("--data", required=True, help="dataset folder or URI")
+        add_config_flags(train)
+
+        evaluate = verbs.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+        evaluate.add_argument("--checkpoint", required=True)
+        evaluate.add_argument("--data", required=True)
+        evaluate.add_argument("--split", default="val")
+        evaluate.add_argument("--batch-size", type=int, default=256)
+
+        predict = verbs.add_parser("predict", help="predict image files with a checkpoint")
+        predict.add_argument("--checkpoint", required=True)
+        predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    return parser
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise RaycvError(f"invalid --param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    return get_task(task_name).default_config().replace(**overrides).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from raycv.report import table
+
+    task = get_task(args.task)
+    if args.verb == "synth":
+        from raycv.data.synth import synthesize
+
+        ensure_ray()
+        manifest = synthesize(task, args.out, {"train": args.train_size, "val": args.val_size}, seed=args.seed,
+                              params=parse_params(args.param), workers=args.workers, overwrite=args.overwrite)
+        print(table([{"split": s, "samples": n} for s, n in manifest["splits"].items()],
+                    f"{task.name} dataset written to {args.out} in {manifest['seconds']} s"))
+    elif args.verb == "train":
+        from raycv.train import fit
+
+        cfg = config_from_args(args.task, args)
+        ensure_ray()
+        result = fit(task, cfg, args.data)
+        print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
+        print(f"best checkpoint: {result.best_checkpoint}")
+    elif args.verb == "eval":
+        from raycv.inference import evaluate_checkpoint
+
+        ensure_ray()
+        metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, task.name)
+        print(table([metrics], f"{task.name} {args.split} metrics"))
+    elif args.verb == "predict":
+        from raycv.checkpoint import load_model
+        from raycv.inference import default_device, predict, read_image_files
+
+        loaded = load_model(args.checkpoint, task.name, default_device())
+        for path, answer in zip(args.images, predict(loaded, read_image_files(args.images))):
+            print(f"{path}: {json.dumps(answer)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RaycvError as error:
+        print(f"raycv: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raycv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Batched, per-sample augmentation on the training device.
+
+torchvision.transforms.v2 draws one set of random parameters per call, so applied to a batch tensor
+it crops and flips every image the same way; per-image calls would run a Python loop per sample on
+the GPU's critical path. These ops draw parameters per sample and run as a few tensor ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Horizontal flip of a random half of an NCHW batch."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The classic pad-and-random-crop, per sample: shift each image by up to `pad` pixels in x and y,
+    filling with reflected border pixels."""
+    if pad <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
+    shifts = torch.randint(0, 2 * pad + 1, (2, n), device=images.device, generator=generator)
+    rows = (torch.arange(h, device=images.device)[None, :] + shifts[0][:, None])  # n, h
+    cols = (torch.arange(w, device=images.device)[None, :] + shifts[1][:, None])  # n, w
+    batch_index = torch.arange(n, device=images.device)[:, None, None]
+    # Advanced indexing gathers an (n, h, w, c) block; move channels back to dim 1.
+    cropped = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    return cropped.permute(0, 3, 1, 2)

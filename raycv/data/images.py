@@ -1,0 +1,36 @@
+"""Image encoding and decoding shared by synthesizers, readers, training and serving."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless on purpose: labels such as masks must survive storage bit-exactly."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None) -> np.ndarray:
+    """Bytes of any format PIL reads to a uint8 HWC array. Raises ValueError on bad bytes."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ValueError(f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
+            return np.asarray(image.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"not a readable image ({error})") from error
+
+
+def to_model_input(images):
+    """uint8 NHWC (as stored and served) to float NCHW in [0, 1]. The permute keeps NHWC memory
+    order, which is exactly channels_last, so GPU convolutions need no copy. Float input passes."""
+    import torch
+
+    if images.dtype != torch.uint8:
+        return images
+    return images.permute(0, 3, 1, 2).float().div_(255)

@@ -1,0 +1,18 @@
+"""The tasks raycv knows, by name. Explicit on purpose: grep for a task name and you find it here."""
+
+from __future__ import annotations
+
+import importlib
+
+from raycv.errors import RaycvError
+from raycv.tasks.base import Task
+
+TASK_MODULES = {
+    "classify": "raycv.tasks.classify",
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASK_MODULES:
+        raise RaycvError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASK_MODULES))}")
+    return importlib.import_module(TASK_MODULES[name]).TASK

@@ -1,0 +1,59 @@
+"""The Task interface: everything train, tune, compress and serve need to know about a task.
+
+A task is a module exposing one object with these plain methods. The generic machinery (train.py,
+data/synth.py, serve.py, ...) only ever calls them, so adding a task is adding a module.
+
+Data conventions. Stored rows (Parquet) hold images as PNG bytes plus label columns. `decode` turns a
+batch of stored rows into numpy arrays (images as uint8 NHWC); it runs inside Ray Data. Training and
+evaluation receive those arrays as torch tensors already on the worker's device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import ray.data
+import torch
+from torch import nn
+
+from raycv.config import TrainConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    name: str
+    metric: str  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
+    metric_mode: str  # "max" or "min"
+    synth_defaults: dict[str, Any]  # generator parameters `raycv TASK synth` accepts
+
+    def default_config(self) -> TrainConfig: ...
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What a model needs to know about a synthesized dataset (class names, image size)."""
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        """One stored row, drawn only from `rng` (seeded per sample by the driver)."""
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        """Real data in the task's standard formats: splits of stored rows, and the dataset meta."""
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]: ...
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module: ...
+
+    def augment(self, batch: Batch, cfg: TrainConfig) -> Batch:
+        """Training-time augmentation on the device, batched."""
+
+    def loss(self, model: nn.Module, batch: Batch, cfg: TrainConfig) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch], meta: dict[str, Any]) -> dict[str, float]:
+        """Task metrics over `batches`. Uses torchmetrics, whose compute() also reduces across DDP
+        workers, so each worker may pass only its shard."""
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        """Decoded request images (uint8 HWC RGB) to one model input batch."""
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any]) -> list[Any]:
+        """Model outputs to one JSON-able answer per image."""

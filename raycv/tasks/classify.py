@@ -1,0 +1,116 @@
+"""Image classification (textbook chapter 4; the network-compression chapter 10 starts from it).
+
+Data: raycv's procedural 10-class 32x32 shapes (offline stand-in for CIFAR-10), CIFAR-10 python
+pickle batches, or an ImageFolder tree. Models: the book's CIFAR VGG-11-BN and ResNet-18.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from PIL import Image
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data import augment, formats
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
+from raycv.errors import RaycvError
+from raycv.models.cifar import VGG, CifarResNet
+from raycv.models.common import Normalized
+
+MODELS = {
+    "vgg11_bn": lambda num_classes, width: VGG(num_classes=num_classes, width=width),
+    "resnet18": lambda num_classes, width: CifarResNet((2, 2, 2, 2), num_classes=num_classes, width=width),
+}
+# Per-channel statistics of natural images (CIFAR-10); close enough for the procedural set too.
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def resize_all(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    height, width = size
+    return np.stack([image if image.shape[:2] == (height, width)
+                     else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+                     for image in images])
+
+
+class ClassifyTask:
+    name = "classify"
+    metric = "accuracy"
+    metric_mode = "max"
+    synth_defaults = {"image_size": 32}
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(model="vgg11_bn", epochs=30, batch_size=128, lr=0.1, label_smoothing=0.1)
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        size = int(params["image_size"])
+        return {"classes": list(SHAPE_CLASSES), "image_size": [size, size]}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        label = int(rng.integers(len(SHAPE_CLASSES)))
+        return {"image": encode_png(render_shape_image(rng, label, int(params["image_size"]))), "label": label}
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        if formats.is_cifar10(path):
+            return formats.read_cifar10(path)
+        return formats.read_image_folder(path)
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        # Raw-pixel formats (CIFAR) arrive as uint8 arrays, encoded ones (PNG/JPEG) as bytes.
+        images = list(batch["image"]) if batch["image"].dtype == np.uint8 else [decode_image(b) for b in batch["image"]]
+        return {"image": resize_all(images, tuple(meta["image_size"])), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in MODELS:
+            raise RaycvError(f"unknown model {cfg.model!r} for task classify; valid models: {', '.join(MODELS)}")
+        return Normalized(MODELS[cfg.model](len(meta["classes"]), cfg.width), MEAN, STD)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        images = augment.random_flip(augment.random_translate(to_model_input(batch["image"]), pad=4))
+        return {**batch, "image": images}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        logits = model(to_model_input(batch["image"]))
+        return nn.functional.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        accuracy = torchmetrics.classification.MulticlassAccuracy(len(meta["classes"]), average="micro").to(device)
+        mean_loss = torchmetrics.MeanMetric().to(device)
+        for batch in batches:
+            logits = model(to_model_input(batch["image"])).float()
+            accuracy.update(logits, batch["label"])
+            mean_loss.update(nn.functional.cross_entropy(logits, batch["label"]), weight=len(logits))
+        return {"accuracy": float(accuracy.compute()), "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], top_k: int = 5) -> list[list[dict[str, Any]]]:
+        probabilities = outputs.float().softmax(dim=1)
+        values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        return [[{"class": meta["classes"][i], "index": int(i), "probability": round(float(p), 6)}
+                 for p, i in zip(row_values, row_indices)] for row_values, row_indices in zip(values, indices)]
+
+
+def linear_baseline(splits: dict[str, ray.data.Dataset], meta: dict[str, Any], limit: int = 10_000) -> float:
+    """Accuracy of logistic regression on raw pixels: the bar a CNN must clear for a dataset to be
+    worth one (a set a linear model solves teaches nothing about convolutions)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = TASK.decode(splits[split].limit(limit).take_batch(limit), meta)
+        return rows["image"].reshape(len(rows["image"]), -1) / 255.0, rows["label"]
+
+    train_x, train_y = features("train")
+    val_x, val_y = features("val")
+    model = LogisticRegression(max_iter=200, C=1.0).fit(train_x, train_y)
+    return float(model.score(val_x, val_y))
+
+
+TASK = ClassifyTask()

@@ -1,0 +1,278 @@
+"""The one Ray Train loop for every task: DDP on N workers (CPU or GPU), AMP, checkpoints, resume.
+
+`fit` is the entry point: it opens the dataset, decodes it with Ray Data, and runs `train_loop` on a
+TorchTrainer. The loop only talks to the Task interface (`build_model`, `augment`, `loss`,
+`evaluate`); it knows nothing about any particular task.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+from raycv import checkpoint, storage
+from raycv.config import TrainConfig
+from raycv.data.synth import open_dataset
+from raycv.errors import RaycvError
+from raycv.tasks import Task, get_task
+
+FAULT_MARKER = ".fault_injected"
+
+
+@dataclass
+class FitResult:
+    run_dir: str
+    best_checkpoint: str
+    last_checkpoint: str
+    history: list[dict[str, Any]]
+    best_metrics: dict[str, Any]
+    resumed_at: list[int]
+
+
+def default_run_name(task: Task, cfg: TrainConfig) -> str:
+    """Like Ultralytics: train, train2, train3, ... A new name starts a new run; naming an existing
+    run resumes it from its last checkpoint."""
+    root = storage.join(storage.absolute(cfg.storage), task.name)
+    existing = set(storage.list_dir(root)) if storage.exists(root) else set()
+    index = 1
+    while (name := "train" if index == 1 else f"train{index}") in existing:
+        index += 1
+    return name
+
+
+def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+    splits, meta = open_dataset(task, data)
+    missing = {"train", "val"} - set(splits)
+    if missing:
+        raise RaycvError(f"dataset {data} has no {' or '.join(sorted(missing))} split (found: {', '.join(splits)})")
+    decoded = {name: splits[name].map_batches(task.decode, fn_kwargs={"meta": meta}, batch_size=256)
+               for name in ("train", "val")}
+    if cfg.cache_data:
+        decoded = {name: dataset.materialize() for name, dataset in decoded.items()}
+    for dataset in decoded.values():
+        # Per-epoch ingest bars from every worker would drown the epoch lines; rank 0 shows its own.
+        dataset.context.enable_progress_bars = False
+    return decoded, meta
+
+
+def build_trainer(task: Task, cfg: TrainConfig, data: str, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+    cfg.validate()
+    datasets, meta = prepare_datasets(task, data, cfg)
+    task.build_model(cfg, meta)  # fail here, in the driver, on a bad model name or option
+    rows_per_worker = datasets["train"].count() // cfg.workers
+    steps_per_epoch = rows_per_worker // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise RaycvError(f"batch_size={cfg.batch_size} is larger than the {rows_per_worker} training rows each of "
+                         f"the {cfg.workers} workers gets; lower --batch-size or --workers")
+    storage_path = storage.join(storage.absolute(cfg.storage), task.name)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    return ray.train.torch.TorchTrainer(
+        train_loop,
+        train_loop_config={"task": task.name, "config": cfg.to_dict(), "dataset": meta,
+                           "steps_per_epoch": steps_per_epoch, "run_dir": storage.join(storage_path, cfg.name)},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            storage_path=storage_path,
+            name=cfg.name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=f"val_{task.metric}",
+                checkpoint_score_order=task.metric_mode,
+            ),
+            callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
+        ),
+        datasets=datasets,
+    )
+
+
+def fit(task: Task, cfg: TrainConfig, data: str) -> FitResult:
+    """Train `task` on the dataset at `data`; resumes if a run of the same name exists."""
+    cfg = cfg.replace(name=cfg.name or default_run_name(task, cfg)).validate()
+    result = build_trainer(task, cfg, data).fit()
+    if result.error is not None:
+        raise result.error
+    best = result.get_best_checkpoint(f"val_{task.metric}", task.metric_mode) or result.checkpoint
+    with checkpoint.local_copy(result.checkpoint.path) as folder:
+        last_meta = checkpoint.read_meta(folder)
+    history = last_meta["history"]
+    best_metrics = max(history, key=lambda row: row[f"val_{task.metric}"] * (1 if task.metric_mode == "max" else -1))
+    run_dir = storage.join(storage.absolute(cfg.storage), task.name, cfg.name)
+    from raycv.report import write_run_report
+
+    write_run_report(run_dir, cfg, history, task.metric)
+    return FitResult(run_dir, best.path, result.checkpoint.path, history, best_metrics, last_meta.get("resumed_at", []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside each Ray Train worker.
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it (no loss scaling needed), fp16 otherwise; off on CPU unless asked."""
+    if cfg.amp == "off" or (device.type != "cuda" and cfg.amp == "auto"):
+        return None
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    # Weight decay on weights only: decaying BatchNorm scales and biases just fights normalisation.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_fraction)
+    elif cfg.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
+
+
+def global_sum(value: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def maybe_inject_fault(cfg: TrainConfig, epoch: int, run_dir: str) -> None:
+    """Fault injection for tests: the first attempt to start epoch `fail_at_epoch` crashes once."""
+    if cfg.fail_at_epoch != epoch or ray.train.get_context().get_world_rank() != 0:
+        return
+    marker = storage.join(run_dir, FAULT_MARKER)
+    if not storage.exists(marker):
+        storage.write_text(marker, f"fault injected at epoch {epoch}\n")
+        raise RuntimeError(f"raycv: injected fault at the start of epoch {epoch} (--fail-at-epoch {epoch})")
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    task = get_task(config["task"])
+    cfg = TrainConfig.from_dict(config["config"])
+    dataset_meta, steps_per_epoch, run_dir = config["dataset"], config["steps_per_epoch"], config["run_dir"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+
+    model = task.build_model(cfg, dataset_meta)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    raw_model = model.module if hasattr(model, "module") else model
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
+    amp_dtype = autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    forward_model = torch.compile(model) if cfg.compile else model
+
+    start_epoch, history, resumed_at = 0, [], []
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as folder:
+            saved_meta = checkpoint.read_meta(folder)
+            state = checkpoint.load_train_state(folder)
+            raw_model.load_state_dict(torch.load(os.path.join(folder, checkpoint.MODEL_FILE), weights_only=True,
+                                                 map_location=device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, history = saved_meta["epoch"], saved_meta["history"]
+        resumed_at = saved_meta.get("resumed_at", []) + [start_epoch + 1]
+        if rank == 0:
+            print(f"[raycv] resuming {task.name} run at epoch {start_epoch + 1} of {cfg.epochs}")
+
+    writer = None
+    if rank == 0 and not storage.is_uri(run_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        maybe_inject_fault(cfg, epoch, run_dir)
+        model.train()
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = steps_done = 0
+        progress = None
+        if rank == 0:
+            from ray.experimental.tqdm_ray import tqdm
+
+            progress = tqdm(total=steps_per_epoch, desc=f"{task.name} epoch {epoch}/{cfg.epochs}")
+        batches = train_shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
+                                                 local_shuffle_buffer_size=min(10 * cfg.batch_size, 10_000))
+        for batch in batches:
+            if steps_done >= steps_per_epoch:  # equal step counts on every worker keep DDP in lockstep
+                break
+            if cfg.augment:
+                batch = task.augment(batch, cfg)
+            with autocast():
+                loss = task.loss(forward_model, batch, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.detach().float()
+            seen += len(next(iter(batch.values())))
+            steps_done += 1
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+        train_seconds = time.perf_counter() - started
+        steps = global_sum(steps_done, device)
+        train_loss = global_sum(float(loss_sum), device) / max(steps, 1)
+        images_per_s = global_sum(seen, device) / train_seconds
+
+        model.eval()
+        with torch.no_grad(), autocast():
+            val = task.evaluate(forward_model, val_shard.iter_torch_batches(batch_size=cfg.batch_size, device=device),
+                                dataset_meta)
+        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
+                  "lr": optimizer.param_groups[0]["lr"], "train_images_per_s": images_per_s,
+                  "epoch_seconds": time.perf_counter() - started, "workers": world}
+        history.append(record)
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()
+        if rank == 0:
+            print("[raycv] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                meta = {"task": task.name, "config": cfg.to_dict(), "dataset": dataset_meta, "epoch": epoch,
+                        "history": history, "resumed_at": resumed_at}
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict()}
+                checkpoint.save(folder, raw_model, meta, state)
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(record, checkpoint=saved)
+    if writer is not None:
+        writer.close()

@@ -1,0 +1,34 @@
+"""One local Ray instance per test session, and one small synthesized dataset shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("raycv")
+
+
+@pytest.fixture(scope="session")
+def classify_data(ray_session, workdir):
+    """A small procedural classification set: 1,536 training and 256 validation images."""
+    from raycv.data.synth import synthesize
+    from raycv.tasks import get_task
+
+    path = str(workdir / "classify-data")
+    synthesize(get_task("classify"), path, {"train": 1536, "val": 256}, seed=7)
+    return path

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import ray.data
+
+from raycv import storage
+from raycv.data.synth import MANIFEST, open_dataset, synthesize
+from raycv.errors import RaycvError
+from raycv.tasks import get_task
+
+
+def rows_by_id(path):
+    splits, _ = open_dataset(get_task("classify"), path)
+    rows = splits["train"].to_pandas().sort_values("id").reset_index(drop=True)
+    return rows
+
+
+def test_same_seed_same_bytes_with_one_or_two_workers(ray_session, tmp_path):
+    task = get_task("classify")
+    one = synthesize(task, str(tmp_path / "one"), {"train": 300}, seed=3, workers=1, batch_size=64)
+    two = synthesize(task, str(tmp_path / "two"), {"train": 300}, seed=3, workers=2, batch_size=32)
+    assert one["splits"] == two["splits"] == {"train": 300}
+    a, b = rows_by_id(str(tmp_path / "one")), rows_by_id(str(tmp_path / "two"))
+    assert list(a["id"]) == list(range(300))
+    assert list(a["label"]) == list(b["label"])
+    assert all(x == y for x, y in zip(a["image"], b["image"]))
+    # another seed really gives other images
+    synthesize(task, str(tmp_path / "other"), {"train": 300}, seed=4, workers=2)
+    c = rows_by_id(str(tmp_path / "other"))
+    assert sum(x != y for x, y in zip(a["image"], c["image"])) > 290
+
+
+def test_dataset_is_complete_and_labelled(classify_data):
+    manifest = storage.read_json(storage.join(classify_data, MANIFEST))
+    assert manifest["task"] == "classify" and manifest["splits"] == {"train": 1536, "val": 256}
+    assert len(manifest["meta"]["classes"]) == 10
+    splits, meta = open_dataset(get_task("classify"), classify_data)
+    assert splits["val"].count() == 256
+    decoded = get_task("classify").decode(splits["train"].take_batch(64), meta)
+    assert decoded["image"].shape == (64, 32, 32, 3) and decoded["image"].dtype == np.uint8
+    counts = np.bincount(splits["train"].to_pandas()["label"], minlength=10)
+    assert counts.min() > 100, counts  # every class is present in quantity
+    # no temporary folder is left next to the dataset
+    parent = classify_data.rsplit("/", 1)[0]
+    assert not [name for name in storage.list_dir(parent) if ".tmp-" in name]
+
+
+def test_bad_synth_requests(ray_session, tmp_path, classify_data):
+    task = get_task("classify")
+    with pytest.raises(RaycvError, match="unknown classify synth parameter.*colour"):
+        synthesize(task, str(tmp_path / "x"), {"train": 10}, params={"colour": 1})
+    with pytest.raises(RaycvError, match="invalid size -5 for split 'train'"):
+        synthesize(task, str(tmp_path / "x"), {"train": -5})
+    with pytest.raises(RaycvError, match="already exists"):
+        synthesize(task, classify_data, {"train": 10})
+    with pytest.raises(RaycvError, match="dataset not found: .*nowhere"):
+        open_dataset(task, str(tmp_path / "nowhere"))
