@@ -32,18 +32,26 @@ def ensure_ray() -> None:
         ray.init(logging_level="WARNING")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
     """One flag per TrainConfig field; unset flags keep the task's defaults."""
-    group = parser.add_argument_group("training options (defaults depend on the task)")
+    task = get_task(task_name)
+    defaults = task.default_config()
+    group = parser.add_argument_group(f"training options (defaults are {task_name}'s)")
     for field in dataclasses.fields(TrainConfig):
         if field.name == "extra":
             continue
         flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
+        if field.name == "model":
+            help_text = f"one of {', '.join(task.model_names)}"
+        help_text += f" (default: {getattr(defaults, field.name)!r})"
         if field.type in ("bool", bool):
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(field.type)]
-            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper())
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
+                               help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         train = verbs.add_parser("train", help="train with Ray Train (DDP over --workers)")
         train.add_argument("--data", required=True, help="dataset folder or URI")
-        add_config_flags(train)
+        add_config_flags(train, task_name)
 
         evaluate = verbs.add_parser("eval", help="evaluate a checkpoint on a dataset split")
         evaluate.add_argument("--checkpoint", required=True)

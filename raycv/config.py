@@ -17,38 +17,43 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its --help text (the CLI makes one flag per field)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # model
-    model: str = "vgg11_bn"
-    width: float = 1.0  # channel multiplier; 1.0 is the book's network
+    model: str = option("vgg11_bn", "network name (the task's --help lists them)")
+    width: float = option(1.0, "channel multiplier; 1.0 is the book's network")
     # optimisation
-    epochs: int = 30
-    batch_size: int = 128  # per worker
-    lr: float = 0.1  # peak learning rate for onecycle, initial for cosine/constant
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.2  # onecycle's rising phase, as a share of all steps
-    label_smoothing: float = 0.0
-    augment: bool = True
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(128, "batch size per worker")
+    lr: float = option(0.1, "peak learning rate (onecycle) or initial one (cosine, constant)")
+    optimizer: str = option("sgd", f"one of {', '.join(OPTIMIZERS)}")
+    momentum: float = option(0.9, "SGD momentum (Nesterov when > 0)")
+    weight_decay: float = option(5e-4, "weight decay on weights (not on biases or norm scales)")
+    schedule: str = option("onecycle", f"learning-rate schedule: one of {', '.join(SCHEDULES)}")
+    warmup_fraction: float = option(0.2, "onecycle's rising phase, as a share of all steps")
+    label_smoothing: float = option(0.0, "label smoothing for classification losses")
+    augment: bool = option(True, "batched augmentation on the training device")
     # execution
-    workers: int = 1
-    gpu: bool = False
-    cpus_per_worker: float = 1.0
-    amp: str = "auto"  # auto: bf16 where supported, else fp16 + GradScaler; off on CPU
-    channels_last: bool = True  # applied on GPU only
-    compile: bool = False
-    seed: int = 0
-    cache_data: bool = True  # decode once into the object store; turn off for data larger than memory
+    workers: int = option(1, "Ray Train workers (DDP processes)")
+    gpu: bool = option(False, "one GPU per worker")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per worker (= torch threads on CPU)")
+    amp: str = option("auto", "mixed precision: auto (bf16 or fp16+GradScaler on GPU, off on CPU), bf16, fp16, off")
+    channels_last: bool = option(True, "channels_last memory format (GPU only)")
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "random seed (per worker: seed + rank)")
+    cache_data: bool = option(True, "decode the dataset once into Ray's object store; off for data larger than memory")
     # bookkeeping
-    storage: str = "runs"
-    name: str = ""
-    keep_checkpoints: int = 2
-    verbose: bool = False  # Ray Train's own INFO logs
-    max_failures: int = 0
-    fail_at_epoch: int = 0  # fault injection for tests: the first attempt raises at this epoch (1-based)
+    storage: str = option("runs", "where runs go: a folder or a URI (s3://, gs://); runs land in STORAGE/TASK/NAME")
+    name: str = option("", "run name (default train, train2, ...); an existing name resumes that run")
+    keep_checkpoints: int = option(2, "best checkpoints kept by the validation metric (the latest is kept too)")
+    verbose: bool = option(False, "show Ray Train's own INFO logs")
+    max_failures: int = option(0, "worker-group restarts after a failure (-1: forever)")
+    fail_at_epoch: int = option(0, "fault injection for tests: the first attempt crashes at this epoch")
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific options
 
     def validate(self) -> "TrainConfig":

@@ -129,6 +129,33 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return torch.float16
 
 
+def build_on_device(task: Task, cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    model = task.build_model(cfg, meta).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+
+def train_step(task: Task, model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
+               optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
+               amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimisation step; shared by the Ray Train loop and the bare-PyTorch benchmark baseline."""
+    if cfg.augment:
+        batch = task.augment(batch, cfg)
+    with autocast_context(batch[next(iter(batch))].device, amp_dtype):
+        loss = task.loss(model, batch, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.detach()
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     # Weight decay on weights only: decaying BatchNorm scales and biases just fights normalisation.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -176,10 +203,7 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
 
-    model = task.build_model(cfg, dataset_meta)
-    if device.type == "cuda" and cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(build_on_device(task, cfg, dataset_meta, device))
     raw_model = model.module if hasattr(model, "module") else model
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
     amp_dtype = autocast_dtype(cfg, device)
@@ -210,7 +234,6 @@ def train_loop(config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         maybe_inject_fault(cfg, epoch, run_dir)
@@ -228,16 +251,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for batch in batches:
             if steps_done >= steps_per_epoch:  # equal step counts on every worker keep DDP in lockstep
                 break
-            if cfg.augment:
-                batch = task.augment(batch, cfg)
-            with autocast():
-                loss = task.loss(forward_model, batch, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.detach().float()
+            loss_sum += train_step(task, forward_model, batch, cfg, optimizer, scheduler, scaler, amp_dtype).float()
             seen += len(next(iter(batch.values())))
             steps_done += 1
             if progress is not None:
@@ -250,7 +264,7 @@ def train_loop(config: dict[str, Any]) -> None:
         images_per_s = global_sum(seen, device) / train_seconds
 
         model.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast_context(device, amp_dtype):
             val = task.evaluate(forward_model, val_shard.iter_torch_batches(batch_size=cfg.batch_size, device=device),
                                 dataset_meta)
         record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},

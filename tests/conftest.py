@@ -32,3 +32,18 @@ def classify_data(ray_session, workdir):
     path = str(workdir / "classify-data")
     synthesize(get_task("classify"), path, {"train": 1536, "val": 256}, seed=7)
     return path
+
+
+# Small enough for 2 CPU cores, large enough that the loss visibly falls within a few epochs.
+TINY = dict(width=0.25, batch_size=32, lr=0.05, label_smoothing=0.0)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(classify_data, workdir):
+    """One 2-worker DDP fit shared by the training, CLI and serving tests."""
+    from raycv.tasks import get_task
+    from raycv.train import fit
+
+    task = get_task("classify")
+    cfg = task.default_config().replace(epochs=4, workers=2, storage=str(workdir / "runs"), name="ddp", **TINY)
+    return fit(task, cfg, classify_data)

@@ -15,14 +15,7 @@ from raycv.inference import evaluate_checkpoint
 from raycv.tasks import get_task
 from raycv.train import fit
 
-TINY = dict(width=0.25, batch_size=64, lr=0.05, label_smoothing=0.0)
-
-
-@pytest.fixture(scope="module")
-def ddp_run(classify_data, workdir):
-    task = get_task("classify")
-    cfg = task.default_config().replace(epochs=4, workers=2, storage=str(workdir / "runs"), name="ddp", **TINY)
-    return fit(task, cfg, classify_data)
+from conftest import TINY
 
 
 def test_two_worker_ddp_loss_falls(ddp_run):

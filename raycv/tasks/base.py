@@ -27,6 +27,7 @@ class Task(Protocol):
     metric: str  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
     metric_mode: str  # "max" or "min"
     synth_defaults: dict[str, Any]  # generator parameters `raycv TASK synth` accepts
+    model_names: tuple[str, ...]  # what --model accepts
 
     def default_config(self) -> TrainConfig: ...
 

@@ -43,6 +43,7 @@ class ClassifyTask:
     metric = "accuracy"
     metric_mode = "max"
     synth_defaults = {"image_size": 32}
+    model_names = tuple(MODELS)
 
     def default_config(self) -> TrainConfig:
         return TrainConfig(model="vgg11_bn", epochs=30, batch_size=128, lr=0.1, label_smoothing=0.1)
