@@ -25,17 +25,17 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def classify_data(ray_session, workdir):
-    """A small procedural classification set: 1,536 training and 256 validation images."""
+    """A small procedural classification set: 3,072 training and 256 validation images."""
     from raycv.data.synth import synthesize
     from raycv.tasks import get_task
 
     path = str(workdir / "classify-data")
-    synthesize(get_task("classify"), path, {"train": 1536, "val": 256}, seed=7)
+    synthesize(get_task("classify"), path, {"train": 3072, "val": 256}, seed=7)
     return path
 
 
 # Small enough for 2 CPU cores, large enough that the loss visibly falls within a few epochs.
-TINY = dict(width=0.25, batch_size=32, lr=0.05, label_smoothing=0.0)
+TINY = dict(width=0.25, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.0)
 
 
 @pytest.fixture(scope="session")

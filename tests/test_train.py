@@ -22,8 +22,9 @@ def test_two_worker_ddp_loss_falls(ddp_run):
     losses = [row["train_loss"] for row in ddp_run.history]
     assert [row["epoch"] for row in ddp_run.history] == [1, 2, 3, 4]
     assert all(row["workers"] == 2 for row in ddp_run.history)
-    assert losses[-1] < 0.7 * losses[0], losses
-    assert ddp_run.history[-1]["val_accuracy"] > 0.25  # well above chance (0.10) after 4 tiny epochs
+    assert losses == sorted(losses, reverse=True), losses
+    assert losses[-1] < 2.0 < losses[0], losses  # chance level is ln(10) = 2.30
+    assert ddp_run.history[-1]["val_accuracy"] > 0.25, ddp_run.history  # chance is 0.10
 
 
 def test_run_artefacts(ddp_run):
