@@ -32,7 +32,7 @@ def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
         torch.set_num_threads(int(cfg.cpus_per_worker))  # what Ray gives a worker with that many CPUs
     datasets, meta = prepare_datasets(task, data, cfg)
     rows = datasets["train"].take_batch(cfg.batch_size * 8)
-    batches = [{k: torch.as_tensor(v[i:i + cfg.batch_size]).to(device) for k, v in rows.items()}
+    batches = [{k: torch.tensor(v[i:i + cfg.batch_size], device=device) for k, v in rows.items()}
                for i in range(0, cfg.batch_size * 8, cfg.batch_size)]
     model = build_on_device(task, cfg, meta, device).train()
     optimizer, scheduler = build_optimizer(model, cfg, steps + 10)
@@ -97,8 +97,9 @@ def main() -> None:
     import torch
 
     from raycv.report import table
+    from raycv.runtime import init_ray
 
-    ray.init(logging_level="WARNING")
+    init_ray()
     results = {"machine": {"platform": platform.platform(), "cpus": ray.cluster_resources().get("CPU"),
                            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                            "torch": torch.__version__, "ray": ray.__version__},

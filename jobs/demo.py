@@ -23,12 +23,10 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=2_000)
     parser.add_argument("--model", default="vgg11_bn")
     parser.add_argument("--width", type=float, default=0.25, help="channel multiplier (1.0 = the book's VGG-11-BN)")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpu", action="store_true")
     args = parser.parse_args()
-
-    import ray
 
     from raycv import storage
     from raycv.checkpoint import load_model
@@ -36,12 +34,13 @@ def main() -> None:
     from raycv.inference import evaluate_checkpoint, predict
     from raycv.models.common import count_parameters
     from raycv.report import table
+    from raycv.runtime import init_ray
     from raycv.tasks import get_task
     from raycv.tasks.classify import linear_baseline
     from raycv.train import fit
 
     started = time.perf_counter()
-    ray.init(logging_level="WARNING")
+    init_ray()
     task = get_task("classify")
     splits = {"train": args.train_size, "val": args.val_size}
     manifest_path = storage.join(storage.absolute(args.data), MANIFEST)

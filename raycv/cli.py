@@ -20,16 +20,10 @@ from typing import Any, Sequence
 
 from raycv.config import TrainConfig
 from raycv.errors import RaycvError
+from raycv.runtime import init_ray
 from raycv.tasks import TASK_MODULES, get_task
 
 VERBS = ("synth", "train", "eval", "predict")
-
-
-def ensure_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
@@ -113,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verb == "synth":
         from raycv.data.synth import synthesize
 
-        ensure_ray()
+        init_ray()
         manifest = synthesize(task, args.out, {"train": args.train_size, "val": args.val_size}, seed=args.seed,
                               params=parse_params(args.param), workers=args.workers, overwrite=args.overwrite)
         print(table([{"split": s, "samples": n} for s, n in manifest["splits"].items()],
@@ -122,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
         from raycv.train import fit
 
         cfg = config_from_args(args.task, args)
-        ensure_ray()
+        init_ray()
         result = fit(task, cfg, args.data)
         print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
         print(f"best checkpoint: {result.best_checkpoint}")
     elif args.verb == "eval":
         from raycv.inference import evaluate_checkpoint
 
-        ensure_ray()
+        init_ray()
         metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, task.name)
         print(table([metrics], f"{task.name} {args.split} metrics"))
     elif args.verb == "predict":

@@ -7,6 +7,7 @@ TorchTrainer. The loop only talks to the Task interface (`build_model`, `augment
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -25,9 +26,12 @@ from raycv import checkpoint, storage
 from raycv.config import TrainConfig
 from raycv.data.synth import open_dataset
 from raycv.errors import RaycvError
+from raycv.runtime import interactive
 from raycv.tasks import Task, get_task
 
 FAULT_MARKER = ".fault_injected"
+# Ray Train workers patch print() to echo into logging as well (every line twice); log instead.
+logger = logging.getLogger("raycv")
 
 
 @dataclass
@@ -79,7 +83,7 @@ def build_trainer(task: Task, cfg: TrainConfig, data: str, callbacks: list | Non
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
     return ray.train.torch.TorchTrainer(
         train_loop,
-        train_loop_config={"task": task.name, "config": cfg.to_dict(), "dataset": meta,
+        train_loop_config={"task": task.name, "config": cfg.to_dict(), "dataset": meta, "progress_bar": interactive(),
                            "steps_per_epoch": steps_per_epoch, "run_dir": storage.join(storage_path, cfg.name)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -224,7 +228,7 @@ def train_loop(config: dict[str, Any]) -> None:
         start_epoch, history = saved_meta["epoch"], saved_meta["history"]
         resumed_at = saved_meta.get("resumed_at", []) + [start_epoch + 1]
         if rank == 0:
-            print(f"[raycv] resuming {task.name} run at epoch {start_epoch + 1} of {cfg.epochs}")
+            logger.info(f"[raycv] resuming {task.name} run at epoch {start_epoch + 1} of {cfg.epochs}")
 
     writer = None
     if rank == 0 and not storage.is_uri(run_dir):
@@ -232,6 +236,11 @@ def train_loop(config: dict[str, Any]) -> None:
 
         writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
+    progress = None
+    if rank == 0 and config["progress_bar"]:
+        from ray.experimental.tqdm_ray import tqdm  # renders on the driver's terminal
+
+        progress = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch, desc=f"{task.name} train")
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -241,11 +250,8 @@ def train_loop(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         seen = steps_done = 0
-        progress = None
-        if rank == 0:
-            from ray.experimental.tqdm_ray import tqdm
-
-            progress = tqdm(total=steps_per_epoch, desc=f"{task.name} epoch {epoch}/{cfg.epochs}")
+        if progress is not None:
+            progress.set_description(f"{task.name} epoch {epoch}/{cfg.epochs}")
         batches = train_shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True,
                                                  local_shuffle_buffer_size=min(10 * cfg.batch_size, 10_000))
         for batch in batches:
@@ -256,8 +262,6 @@ def train_loop(config: dict[str, Any]) -> None:
             steps_done += 1
             if progress is not None:
                 progress.update(1)
-        if progress is not None:
-            progress.close()
         train_seconds = time.perf_counter() - started
         steps = global_sum(steps_done, device)
         train_loss = global_sum(float(loss_sum), device) / max(steps, 1)
@@ -277,7 +281,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     writer.add_scalar(key, value, epoch)
             writer.flush()
         if rank == 0:
-            print("[raycv] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            logger.info("[raycv] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
@@ -290,3 +294,5 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(record, checkpoint=saved)
     if writer is not None:
         writer.close()
+    if progress is not None:
+        progress.close()
