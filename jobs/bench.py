@@ -3,6 +3,10 @@
 Sections:
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
           PyTorch loop with the same model, batch, precision, device and training step, in one run.
+  serve   req/s and p50/p99 latency at concurrency 1, 8 and 32 of (a) raycv's Serve app with dynamic
+          batching and (b) a single-process FastAPI/uvicorn + torch server with the same model, on the
+          same machine in the same run; the figure is (a)/(b) in req/s at concurrency 32.
+  predict offline batch prediction of a folder of images through Ray Data with an actor pool.
 
 Prints a table per section and writes all results to one JSON file.
 """
@@ -77,7 +81,111 @@ def bench_train(args, workdir: str) -> list[dict]:
     return rows
 
 
-SECTIONS = {"train": bench_train}
+def trained_checkpoint(args, workdir: str) -> tuple[str, str]:
+    """A small classify model and its dataset, shared by the serving sections."""
+    from raycv.data.synth import synthesize
+    from raycv.tasks import get_task
+    from raycv.train import fit
+
+    task = get_task("classify")
+    data = f"{workdir}/classify-serve"
+    if not Path(data).exists():
+        synthesize(task, data, {"train": 2048, "val": 2048}, seed=1)
+    cfg = task.default_config().replace(width=0.25, epochs=1, workers=1, storage=f"{workdir}/runs", name="serve-model")
+    return fit(task, cfg, data).best_checkpoint, data
+
+
+def load_test(url: str, bodies: list[bytes], concurrency: int, requests: int) -> dict:
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(index: int) -> tuple[float, int]:
+        started = time.perf_counter()
+        status = client.post(url, content=bodies[index % len(bodies)], headers={"content-type": "image/png"}).status_code
+        return time.perf_counter() - started, status
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(timeout=120, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(send, range(min(requests, 4 * concurrency))))  # warm-up: connections, replicas, caches
+        started = time.perf_counter()
+        results = list(pool.map(send, range(requests)))
+        seconds = time.perf_counter() - started
+    latencies = sorted(latency for latency, _ in results)
+    return {"req_s": round(requests / seconds, 1), "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+            "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 1),
+            "errors": sum(status != 200 for _, status in results)}
+
+
+def bench_serve(args, workdir: str) -> list[dict]:
+    import socket
+    import subprocess
+
+    import httpx
+    from ray import serve
+
+    from raycv.config import ServeOptions
+    from raycv.data.synth import open_dataset
+    from raycv.serve import build_app
+    from raycv.tasks import get_task
+
+    checkpoint, data = trained_checkpoint(args, workdir)
+    splits, _ = open_dataset(get_task("classify"), data)
+    bodies = [bytes(b) for b in splits["val"].take_batch(256)["image"]]
+    requests = 300 if args.quick else 2000
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    replicas = 1 if args.quick else 2
+    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=replicas, max_replicas=replicas,
+                                     batch_size=32, batch_wait_ms=2, cpus_per_replica=args.cpus / replicas,
+                                     gpu=1.0 / replicas if args.gpu else 0.0)), name="raycv", route_prefix="/")
+    rows = []
+    for concurrency in (1, 8, 32):
+        rows.append({"server": f"raycv serve ({replicas} replica, batch 32)", "concurrency": concurrency,
+                     **load_test(f"http://127.0.0.1:{port}/v1/classify/predict", bodies, concurrency, requests)})
+    serve.shutdown()
+    baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_server.py"), "--checkpoint",
+                                 checkpoint, "--port", str(port + 1), "--threads", str(args.cpus)])
+    try:
+        for _ in range(120):
+            try:
+                httpx.get(f"http://127.0.0.1:{port + 1}/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        for concurrency in (1, 8, 32):
+            rows.append({"server": "fastapi+uvicorn, 1 process", "concurrency": concurrency,
+                         **load_test(f"http://127.0.0.1:{port + 1}/v1/classify/predict", bodies, concurrency, requests)})
+    finally:
+        baseline.terminate()
+        baseline.wait()
+    ours, theirs = (next(r["req_s"] for r in rows if r["concurrency"] == 32 and r["server"].startswith(name))
+                    for name in ("raycv", "fastapi"))
+    rows.append({"server": "ratio raycv / baseline at concurrency 32", "concurrency": 32,
+                 "req_s": round(ours / theirs, 2)})
+    return rows
+
+
+def bench_predict(args, workdir: str) -> list[dict]:
+    from raycv.data.synth import open_dataset
+    from raycv.inference import predict_folder
+    from raycv.tasks import get_task
+
+    checkpoint, data = trained_checkpoint(args, workdir)
+    splits, _ = open_dataset(get_task("classify"), data)
+    folder = Path(workdir) / "predict-folder"
+    folder.mkdir(exist_ok=True)
+    batch = splits["val"].take_batch(2048)
+    for sample_id, image in zip(batch["id"], batch["image"]):
+        (folder / f"{sample_id}.png").write_bytes(image)
+    summary = predict_folder(checkpoint, str(folder), str(Path(workdir) / "predictions.csv"), "classify",
+                             concurrency=2, batch_size=128)
+    return [{"images": summary["images"], "seconds": summary["seconds"], "images_per_s": summary["images_per_s"],
+             "actors": 2}]
+
+
+SECTIONS = {"train": bench_train, "serve": bench_serve, "predict": bench_predict}
 
 
 def main() -> None:

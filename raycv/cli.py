@@ -18,12 +18,12 @@ import json
 import sys
 from typing import Any, Sequence
 
-from raycv.config import TrainConfig
+from raycv.config import ServeOptions, TrainConfig
 from raycv.errors import RaycvError
 from raycv.runtime import init_ray
 from raycv.tasks import TASK_MODULES, get_task
 
-VERBS = ("synth", "train", "eval", "predict")
+VERBS = ("synth", "train", "eval", "predict", "serve")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
@@ -75,9 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("--split", default="val")
         evaluate.add_argument("--batch-size", type=int, default=256)
 
-        predict = verbs.add_parser("predict", help="predict image files with a checkpoint")
-        predict.add_argument("--checkpoint", required=True)
-        predict.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+        predict = verbs.add_parser("predict", help="predict images: locally, through a running Serve app (--url), "
+                                                   "or a whole folder with Ray Data (--folder)")
+        source = predict.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="run the model in this process (or, with --folder, on Ray)")
+        source.add_argument("--url", help="a running `raycv serve` app, e.g. http://127.0.0.1:8000")
+        predict.add_argument("--folder", help="predict every image under this folder with Ray Data (needs --checkpoint)")
+        predict.add_argument("--out", help="with --folder: predictions file, .csv or .json (default: print)")
+        predict.add_argument("--concurrency", type=int, default=2, help="with --folder: model replicas (actors)")
+        predict.add_argument("--batch-size", type=int, default=64, help="with --folder: images per model call")
+        predict.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
+
+        serve_parser = verbs.add_parser("serve", help="serve a checkpoint over HTTP with Ray Serve (autoscaled)")
+        serve_parser.add_argument("--checkpoint", required=True)
+        serve_parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to listen on all interfaces")
+        serve_parser.add_argument("--port", type=int, default=8000)
+        for field in dataclasses.fields(ServeOptions):
+            if field.name in ("checkpoint", "task"):
+                continue
+            flags = ["--" + field.name.replace("_", "-")]
+            extra = {"nargs": "?", "const": 1.0} if field.name == "gpu" else {}  # bare --gpu: one GPU
+            if field.name == "target_ongoing_requests":
+                flags.append("--target-ongoing")
+            serve_parser.add_argument(*flags, dest=field.name, type=type(field.default), default=field.default,
+                                      help=f"{field.metadata.get('help', '')} (default: {field.default})", **extra)
     return parser
 
 
@@ -127,13 +148,38 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, task.name)
         print(table([metrics], f"{task.name} {args.split} metrics"))
     elif args.verb == "predict":
-        from raycv.checkpoint import load_model
-        from raycv.inference import default_device, predict, read_image_files
+        run_predict(task.name, args)
+    elif args.verb == "serve":
+        from raycv.serve import run_server
 
-        loaded = load_model(args.checkpoint, task.name, default_device())
-        for path, answer in zip(args.images, predict(loaded, read_image_files(args.images))):
-            print(f"{path}: {json.dumps(answer)}")
+        options = ServeOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)
+                                  if f.name != "task"}, task=task.name)
+        run_server(options, args.host, args.port)
     return 0
+
+
+def run_predict(task_name: str, args: argparse.Namespace) -> None:
+    from raycv import inference
+
+    if args.folder:
+        if not args.checkpoint:
+            raise RaycvError("--folder needs --checkpoint (batch prediction runs the model on Ray, not over HTTP)")
+        init_ray()
+        summary = inference.predict_folder(args.checkpoint, args.folder, args.out, task_name,
+                                           concurrency=args.concurrency, batch_size=args.batch_size)
+        print(json.dumps(summary))
+        return
+    if not args.images:
+        raise RaycvError("no images given: pass image files, or --folder DIR")
+    if args.url:
+        answers = inference.predict_over_http(args.url, task_name, args.images)
+    else:
+        from raycv.checkpoint import load_model
+
+        loaded = load_model(args.checkpoint, task_name, inference.default_device())
+        answers = inference.predict(loaded, inference.read_image_files(args.images))
+    for path, answer in zip(args.images, answers):
+        print(f"{path}: {json.dumps(answer)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

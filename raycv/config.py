@@ -91,3 +91,39 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class ServeOptions:
+    """How `raycv TASK serve` deploys a checkpoint (see raycv/serve.py)."""
+
+    checkpoint: str
+    task: str | None = None  # refuse a checkpoint of another task when set
+    min_replicas: int = option(1, "autoscaling floor")
+    max_replicas: int = option(2, "autoscaling ceiling")
+    target_ongoing_requests: float = option(4.0, "requests in flight per replica the autoscaler aims for")
+    batch_size: int = option(32, "largest @serve.batch")
+    batch_wait_ms: float = option(5.0, "how long a batch waits to fill")
+    gpu: float = option(0.0, "GPUs per replica; fractions share a GPU; bare --gpu means 1")
+    cpus_per_replica: float = option(1.0, "CPUs per replica (= torch threads)")
+    max_body_mb: float = option(10.0, "larger request bodies get 413")
+    max_pixels: int = option(4096 * 4096, "larger images get 413 (read from the header, before decoding)")
+    max_images_per_request: int = option(64, "more images in one JSON request get 413")
+    upscale_delay_s: float = option(3.0, "load must last this long before a replica is added")
+    downscale_delay_s: float = option(60.0, "idle time before a replica is removed")
+
+    def validate(self) -> "ServeOptions":
+        checks = [
+            (self.min_replicas >= 0, "min_replicas", self.min_replicas, ">= 0"),
+            (self.max_replicas >= max(1, self.min_replicas), "max_replicas", self.max_replicas, ">= max(1, min_replicas)"),
+            (self.target_ongoing_requests > 0, "target_ongoing_requests", self.target_ongoing_requests, "> 0"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, ">= 1"),
+            (self.batch_wait_ms >= 0, "batch_wait_ms", self.batch_wait_ms, ">= 0"),
+            (self.gpu >= 0, "gpu", self.gpu, ">= 0"),
+            (self.cpus_per_replica > 0, "cpus_per_replica", self.cpus_per_replica, "> 0"),
+            (self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "> 0"),
+        ]
+        for ok, key, value, expected in checks:
+            if not ok:
+                raise RaycvError(f"invalid {key}={value!r}: expected {expected}")
+        return self

@@ -72,5 +72,5 @@ def table(rows: list[dict[str, Any]], title: str = "") -> str:
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
     return str(value)

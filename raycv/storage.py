@@ -80,3 +80,12 @@ def move(src: str, dst: str) -> None:
     fs, src_inner = resolve(src)
     _, dst_inner = resolve(dst)
     fs.move(src_inner, dst_inner)
+
+
+def copy_dir(src: str, dst: str) -> None:
+    """Replace `dst` with a copy of the folder `src` (across filesystems too)."""
+    src_fs, src_inner = resolve(src)
+    dst_fs, dst_inner = resolve(dst)
+    delete_dir(dst)
+    dst_fs.create_dir(dst_inner, recursive=True)
+    pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)

@@ -26,10 +26,12 @@ from raycv import checkpoint, storage
 from raycv.config import TrainConfig
 from raycv.data.synth import open_dataset
 from raycv.errors import RaycvError
+from raycv.report import write_run_report
 from raycv.runtime import interactive
 from raycv.tasks import Task, get_task
 
 FAULT_MARKER = ".fault_injected"
+BEST_CHECKPOINT = "best"
 # Ray Train workers patch print() to echo into logging as well (every line twice); log instead.
 logger = logging.getLogger("raycv")
 
@@ -114,10 +116,11 @@ def fit(task: Task, cfg: TrainConfig, data: str) -> FitResult:
     history = last_meta["history"]
     best_metrics = max(history, key=lambda row: row[f"val_{task.metric}"] * (1 if task.metric_mode == "max" else -1))
     run_dir = storage.join(storage.absolute(cfg.storage), task.name, cfg.name)
-    from raycv.report import write_run_report
-
     write_run_report(run_dir, cfg, history, task.metric)
-    return FitResult(run_dir, best.path, result.checkpoint.path, history, best_metrics, last_meta.get("resumed_at", []))
+    # A stable name for the best weights (Ray's checkpoint folders are named by time).
+    best_path = storage.join(run_dir, BEST_CHECKPOINT)
+    storage.copy_dir(best.path, best_path)
+    return FitResult(run_dir, best_path, result.checkpoint.path, history, best_metrics, last_meta.get("resumed_at", []))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,15 +15,27 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class ImageTooLarge(ValueError):
+    pass
+
+
 def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None) -> np.ndarray:
-    """Bytes of any format PIL reads to a uint8 HWC array. Raises ValueError on bad bytes."""
+    """Bytes of any format PIL reads to a uint8 HWC array. Raises ValueError on bad bytes and
+    ImageTooLarge (checked from the header, before decoding) above `max_pixels`."""
+    unreadable = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ValueError(f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLarge(str(error)) from None
+    except unreadable as error:
+        raise ValueError(f"not a readable image ({error})") from None
+    with image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels}")
+        try:
             return np.asarray(image.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"not a readable image ({error})") from error
+        except unreadable as error:  # a valid header over truncated or corrupt pixel data
+            raise ValueError(f"not a readable image ({error})") from None
 
 
 def to_model_input(images):

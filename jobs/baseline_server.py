@@ -1,0 +1,43 @@
+"""The serving baseline for `jobs/bench.py serve`: one uvicorn process, FastAPI, the same model and
+preprocessing as raycv's Serve app, one image per forward pass, no Ray. Not for production.
+
+    python jobs/baseline_server.py --checkpoint PATH --port 8100 [--threads 2]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    from raycv.checkpoint import load_model
+    from raycv.data.images import decode_image
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.checkpoint)
+    app = FastAPI()
+
+    @app.post("/v1/{task}/predict")
+    async def predict(task: str, request: Request):
+        image = decode_image(await request.body())
+        with torch.inference_mode():
+            outputs = loaded.model(loaded.task.preprocess([image], loaded.dataset_meta))
+        return {"task": task, "predictions": loaded.task.postprocess(outputs, loaded.dataset_meta)}
+
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

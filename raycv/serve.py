@@ -1,0 +1,203 @@
+"""The one Ray Serve application for every task's model.
+
+    raycv classify serve --checkpoint runs/classify/train/checkpoint_...       # from the CLI
+    serve run cluster/serve_config.yaml                                       # from a Serve config file
+
+Endpoints (FastAPI; OpenAPI docs at /docs):
+    POST /v1/{task}/predict   an image as the raw body (image/png, image/jpeg, ...), as multipart form
+                              field `image`, or JSON {"images": [base64, ...]}; answers JSON
+    GET  /v1/models           what is served: task, checkpoint, classes, input size
+    GET  /healthz
+
+Requests are decoded and validated in the ingress handler, so bad input is answered with a 4xx and
+never reaches the model; good images from all concurrent requests meet in one `@serve.batch` queue.
+The model code is the task's own `preprocess` / `postprocess` around the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from raycv.data.images import ImageTooLarge, decode_image
+from raycv.config import ServeOptions
+from raycv.errors import RaycvError
+
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/tiff")
+
+
+def error(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def decode_or_raise(data: bytes, max_pixels: int, what: str) -> np.ndarray:
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ImageTooLarge as problem:
+        raise error(413, f"{what}: {problem}") from None
+    except ValueError as problem:
+        raise error(400, f"{what}: {problem}") from None
+
+
+api = FastAPI(title="raycv", description="Classic computer-vision models served with Ray Serve.")
+
+
+@serve.deployment
+@serve.ingress(api)
+class ModelServer:
+    def __init__(self, options: dict[str, Any]):
+        from raycv.checkpoint import load_model
+
+        self.options = ServeOptions(**options)
+        device = torch.device("cuda" if self.options.gpu > 0 and torch.cuda.is_available() else "cpu")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.options.cpus_per_replica)))
+        self.loaded = load_model(self.options.checkpoint, self.options.task, device)
+        self.device = device
+        self.predict_batch.set_max_batch_size(self.options.batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    def models(self) -> dict[str, Any]:
+        meta = self.loaded.meta
+        return {"task": meta["task"], "checkpoint": self.loaded.path, "model": meta["config"]["model"],
+                "width": meta["config"]["width"], "epoch": meta["epoch"], "classes": meta["dataset"].get("classes"),
+                "input_size": meta["dataset"].get("image_size"), "device": str(self.device),
+                "batch_size": self.options.batch_size, "batch_wait_ms": self.options.batch_wait_ms}
+
+    @api.post("/v1/{task}/predict")
+    async def predict(self, task: str, request: Request) -> JSONResponse:
+        if task != self.loaded.task.name:
+            raise error(404, f"this app serves task {self.loaded.task.name!r}, not {task!r}")
+        images = await self.read_images(request)
+        answers = await asyncio.gather(*(self.predict_batch(image) for image in images))
+        return JSONResponse({"task": task, "predictions": answers})
+
+    async def read_images(self, request: Request) -> list[np.ndarray]:
+        limit = int(self.options.max_body_mb * 1024 * 1024)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise error(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await request.body()
+        if len(body) > limit:
+            raise error(413, f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        if content_type in RAW_IMAGE_TYPES:
+            if not body:
+                raise error(422, "empty request body: send the image bytes")
+            return [decode_or_raise(body, self.options.max_pixels, "body")]
+        if content_type == "multipart/form-data":
+            return [decode_or_raise(await self.form_image(request), self.options.max_pixels, "form field 'image'")]
+        if content_type == "application/json":
+            return [decode_or_raise(data, self.options.max_pixels, f"images[{index}]")
+                    for index, data in enumerate(self.json_images(body))]
+        raise error(415, f"unsupported content type {content_type or '(none)'!r}: send one of "
+                         f"{', '.join(RAW_IMAGE_TYPES)}, multipart/form-data with field 'image', "
+                         "or application/json {\"images\": [base64, ...]}")
+
+    @staticmethod
+    async def form_image(request: Request) -> bytes:
+        try:
+            form = await request.form()
+        except Exception as problem:  # starlette raises several types for malformed multipart bodies
+            raise error(400, f"malformed multipart body: {problem}") from None
+        field = form.get("image")
+        if field is None:
+            raise error(422, f"missing form field 'image' (fields sent: {', '.join(form.keys()) or 'none'})")
+        return await field.read() if hasattr(field, "read") else str(field).encode()
+
+    def json_images(self, body: bytes) -> list[bytes]:
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+            raise error(400, f"body is not valid JSON: {problem}") from None
+        if not isinstance(payload, dict) or "images" not in payload:
+            raise error(422, "missing field 'images': send {\"images\": [base64, ...]}")
+        items = payload["images"]
+        if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+            raise error(422, "field 'images' must be a non-empty list of base64 strings")
+        if len(items) > self.options.max_images_per_request:
+            raise error(413, f"{len(items)} images in one request exceed the limit of "
+                             f"{self.options.max_images_per_request}")
+        decoded = []
+        for index, item in enumerate(items):
+            try:
+                decoded.append(base64.b64decode(item.split(",", 1)[-1], validate=True))  # tolerate data: URLs
+            except (binascii.Error, ValueError):
+                raise error(400, f"images[{index}] is not valid base64") from None
+        return decoded
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, images: list[np.ndarray]) -> list[Any]:
+        # Inference runs in a worker thread so the replica keeps accepting and decoding requests.
+        return await asyncio.to_thread(self.infer, images)
+
+    def infer(self, images: list[np.ndarray]) -> list[Any]:
+        task, meta = self.loaded.task, self.loaded.dataset_meta
+        with torch.inference_mode():
+            outputs = self.loaded.model(task.preprocess(images, meta).to(self.device))
+        return task.postprocess(outputs, meta)
+
+
+def build_app(options: ServeOptions) -> serve.Application:
+    options.validate()
+    return ModelServer.options(
+        autoscaling_config={
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+            "upscale_delay_s": options.upscale_delay_s,
+            "downscale_delay_s": options.downscale_delay_s,
+        },
+        # A replica must be able to hold a full batch, plus the next one queuing behind it.
+        max_ongoing_requests=2 * options.batch_size,
+        ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": options.gpu},
+    ).bind(asdict(options))
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """The import path for Serve config files and RayService: `raycv.serve:app_builder`, with the
+    ServeOptions fields as `args` (checkpoint is required)."""
+    if "checkpoint" not in args:
+        raise RaycvError("serve config args need 'checkpoint' (a raycv checkpoint folder or URI)")
+    known = set(ServeOptions.__dataclass_fields__)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise RaycvError(f"unknown serve arg(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    options = ServeOptions(**args)
+    options.checkpoint = os.path.abspath(options.checkpoint) if "://" not in options.checkpoint else options.checkpoint
+    return build_app(options)
+
+
+def run_server(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Deploy on the connected Ray cluster (or a local one) and stay up until interrupted."""
+    import time
+
+    from raycv.runtime import init_ray
+
+    app = build_app(options)
+    init_ray()
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name="raycv", route_prefix="/")
+    print(f"raycv serving {options.checkpoint}\n  POST http://{host}:{port}/v1/{options.task}/predict\n"
+          f"  docs: http://{host}:{port}/docs   (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
