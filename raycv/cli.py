@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         predict.add_argument("--out", help="with --folder: predictions file, .csv or .json (default: print)")
         predict.add_argument("--concurrency", type=int, default=2, help="with --folder: model replicas (actors)")
         predict.add_argument("--batch-size", type=int, default=64, help="with --folder: images per model call")
+        predict.add_argument("--cpus-per-actor", type=float, default=1.0, help="with --folder: CPUs per model actor")
+        predict.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --folder: GPUs per model actor")
         predict.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
 
         serve_parser = verbs.add_parser("serve", help="serve a checkpoint over HTTP with Ray Serve (autoscaled)")
@@ -166,7 +168,8 @@ def run_predict(task_name: str, args: argparse.Namespace) -> None:
             raise RaycvError("--folder needs --checkpoint (batch prediction runs the model on Ray, not over HTTP)")
         init_ray()
         summary = inference.predict_folder(args.checkpoint, args.folder, args.out, task_name,
-                                           concurrency=args.concurrency, batch_size=args.batch_size)
+                                           concurrency=args.concurrency, batch_size=args.batch_size,
+                                           cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
         print(json.dumps(summary))
         return
     if not args.images:

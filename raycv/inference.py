@@ -106,7 +106,8 @@ class FolderPredictor:
 
 
 def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name: str | None = None,
-                   concurrency: int = 2, batch_size: int = 64) -> dict[str, Any]:
+                   concurrency: int = 2, batch_size: int = 64, cpus_per_actor: float = 1.0,
+                   gpus_per_actor: float = 0.0) -> dict[str, Any]:
     """Offline batch prediction of every image under `folder` with Ray Data and an actor pool of
     `concurrency` model replicas; rows stream to `out` (.csv or .json lines) as they finish."""
     import csv
@@ -125,7 +126,8 @@ def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name
     dataset = ray.data.read_binary_files(storage.absolute(folder), include_paths=True, file_extensions=[
         extension.lstrip(".") for extension in IMAGE_EXTENSIONS]).map_batches(
         FolderPredictor, fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "task_name": task_name},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), batch_size=batch_size)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), batch_size=batch_size,
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     count = failed = 0
     with (open(out, "w", newline="") if out else nullcontext(sys.stdout)) as stream:
         writer = csv.writer(stream) if out and out.endswith(".csv") else None

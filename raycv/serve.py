@@ -13,8 +13,9 @@ Requests are decoded and validated in the ingress handler, so bad input is answe
 never reaches the model; good images from all concurrent requests meet in one `@serve.batch` queue.
 The model code is the task's own `preprocess` / `postprocess` around the network.
 """
+# No `from __future__ import annotations` here: FastAPI must see real types on the Serve-wrapped
+# handlers (a string "Request" annotation turns the request into a required query parameter).
 
-from __future__ import annotations
 
 import asyncio
 import base64

@@ -19,7 +19,7 @@ from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.config import ServeOptions
 from raycv.data.synth import open_dataset
-from raycv.inference import predict, predict_folder
+from raycv.inference import predict
 from raycv.tasks import get_task
 
 
@@ -167,20 +167,6 @@ def test_predict_cli_over_http(server, known_image, tmp_path, capsys):
     image.write_bytes(known_image["png"])
     assert main(["classify", "predict", "--url", server, str(image)]) == 0
     assert f'"class": "{known_image["label"]}"' in capsys.readouterr().out
-
-
-def test_batch_prediction_of_a_folder(ray_session, ddp_run, known_image, tmp_path):
-    folder = tmp_path / "images"
-    (folder / "nested").mkdir(parents=True)
-    for index, data in enumerate(known_image["other_pngs"]):
-        (folder / ("nested" if index % 2 else "") / f"{index}.png").write_bytes(data)
-    (folder / "broken.png").write_bytes(b"not a png")
-    out = tmp_path / "predictions.csv"
-    summary = predict_folder(ddp_run.best_checkpoint, str(folder), str(out), "classify", concurrency=1, batch_size=8)
-    assert summary["images"] == 33 and summary["failed"] == 1 and summary["images_per_s"] > 0
-    lines = out.read_text().splitlines()
-    assert len(lines) == 34 and lines[0] == "path,prediction,error"
-    assert sum("not a readable image" in line for line in lines) == 1
 
 
 def test_serve_config_file_builds_the_same_app(ddp_run):
