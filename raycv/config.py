@@ -111,6 +111,8 @@ class ServeOptions:
     max_images_per_request: int = option(64, "more images in one JSON request get 413")
     upscale_delay_s: float = option(3.0, "load must last this long before a replica is added")
     downscale_delay_s: float = option(60.0, "idle time before a replica is removed")
+    metrics_interval_s: float = option(2.0, "how often replicas report their load to the autoscaler")
+    look_back_period_s: float = option(10.0, "window the autoscaler averages load over")
 
     def validate(self) -> "ServeOptions":
         checks = [

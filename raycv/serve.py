@@ -164,6 +164,8 @@ def build_app(options: ServeOptions) -> serve.Application:
             "target_ongoing_requests": options.target_ongoing_requests,
             "upscale_delay_s": options.upscale_delay_s,
             "downscale_delay_s": options.downscale_delay_s,
+            "metrics_interval_s": options.metrics_interval_s,
+            "look_back_period_s": options.look_back_period_s,
         },
         # A replica must be able to hold a full batch, plus the next one queuing behind it.
         max_ongoing_requests=2 * options.batch_size,
