@@ -103,7 +103,7 @@ class ServeOptions:
     max_replicas: int = option(2, "autoscaling ceiling")
     target_ongoing_requests: float = option(4.0, "requests in flight per replica the autoscaler aims for")
     batch_size: int = option(32, "largest @serve.batch")
-    batch_wait_ms: float = option(5.0, "how long a batch waits to fill")
+    batch_wait_ms: float = option(20.0, "how long a batch waits to fill: throughput against latency at low load")
     gpu: float = option(0.0, "GPUs per replica; fractions share a GPU; bare --gpu means 1")
     cpus_per_replica: float = option(1.0, "CPUs per replica (= torch threads)")
     max_body_mb: float = option(10.0, "larger request bodies get 413")
