@@ -27,8 +27,11 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
 
 def save(folder: str, model: nn.Module, meta: dict[str, Any], train_state: dict[str, Any] | None = None) -> None:
+    """Pruned models are saved as plain weights (masks multiplied out), loadable by a dense model."""
+    from raycv.sparsity import plain_state_dict
+
     os.makedirs(folder, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(folder, MODEL_FILE))
+    torch.save(plain_state_dict(model), os.path.join(folder, MODEL_FILE))
     if train_state is not None:
         torch.save(train_state, os.path.join(folder, STATE_FILE))
     with open(os.path.join(folder, META_FILE), "w") as file:
@@ -38,6 +41,11 @@ def save(folder: str, model: nn.Module, meta: dict[str, Any], train_state: dict[
 def read_meta(folder: str) -> dict[str, Any]:
     with open(os.path.join(folder, META_FILE)) as file:
         return json.load(file)
+
+
+def load_weights(path: str) -> dict[str, Any]:
+    with local_copy(path) as folder:
+        return torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu")
 
 
 def load_train_state(folder: str) -> dict[str, Any]:

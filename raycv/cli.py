@@ -23,7 +23,7 @@ from raycv.errors import RaycvError
 from raycv.runtime import init_ray
 from raycv.tasks import TASK_MODULES, get_task
 
-VERBS = ("synth", "train", "eval", "predict", "serve")
+VERBS = ("synth", "train", "eval", "tune", "predict", "serve")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
         train = verbs.add_parser("train", help="train with Ray Train (DDP over --workers)")
         train.add_argument("--data", required=True, help="dataset folder or URI")
         add_config_flags(train, task_name)
+
+        tune = verbs.add_parser("tune", help="sweep config values with Ray Tune (each trial a Ray Train run; ASHA)",
+                                description="The sweep is named by --name (default 'sweep'); re-running a name "
+                                            "resumes it. Search space: --space KEY=KIND:ARGS, KIND one of "
+                                            "loguniform:LOW:HIGH, uniform:LOW:HIGH, randint:LOW:HIGH, "
+                                            "grid:V1,V2,..., choice:V1,V2,...")
+        tune.add_argument("--data", required=True)
+        tune.add_argument("--space", action="append", default=[], metavar="KEY=KIND:ARGS", required=True,
+                          help="e.g. lr=loguniform:1e-3:1e-1 or sparsity=grid:0.5,0.7,0.9 (repeatable)")
+        tune.add_argument("--samples", type=int, default=1, help="samples per grid point (num_samples)")
+        tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+        tune.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25: four trials share a GPU")
+        tune.add_argument("--no-asha", dest="asha", action="store_false", help="run every trial to the end")
+        tune.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
+        add_config_flags(tune, task_name)
 
         evaluate = verbs.add_parser("eval", help="evaluate a checkpoint on a dataset split")
         evaluate.add_argument("--checkpoint", required=True)
@@ -143,6 +158,19 @@ def run(args: argparse.Namespace) -> int:
         result = fit(task, cfg, args.data)
         print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
         print(f"best checkpoint: {result.best_checkpoint}")
+    elif args.verb == "tune":
+        from raycv.tune import parse_space, sweep
+
+        cfg = config_from_args(args.task, args)
+        if args.gpus_per_trial > 0:
+            cfg = cfg.replace(gpu=True, gpus_per_worker=args.gpus_per_trial / cfg.workers)
+        space = parse_space(args.space, cfg)
+        init_ray()
+        result = sweep(task, cfg, args.data, space, name=cfg.name or "sweep", samples=args.samples,
+                       max_concurrent=args.max_concurrent, asha=args.asha, grace_period=args.grace_period)
+        print(table([{k: v for k, v in row.items() if k != "checkpoint"} for row in result.rows],
+                    f"sweep {result.path}, best first"))
+        print(f"best config and checkpoint: {result.path}/best.json, {result.best_checkpoint}")
     elif args.verb == "eval":
         from raycv.inference import evaluate_checkpoint
 

@@ -38,9 +38,12 @@ class TrainConfig:
     warmup_fraction: float = option(0.2, "onecycle's rising phase, as a share of all steps")
     label_smoothing: float = option(0.0, "label smoothing for classification losses")
     augment: bool = option(True, "batched augmentation on the training device")
+    sparsity: float = option(0.0, "global magnitude sparsity kept through training (0 = dense); see raycv/sparsity.py")
+    init_checkpoint: str = option("", "start from these weights, e.g. a dense model to sparsify and fine-tune")
     # execution
     workers: int = option(1, "Ray Train workers (DDP processes)")
-    gpu: bool = option(False, "one GPU per worker")
+    gpu: bool = option(False, "train on GPUs (gpus_per_worker each)")
+    gpus_per_worker: float = option(1.0, "GPUs per worker with --gpu; fractions let small models share a GPU")
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (= torch threads on CPU)")
     amp: str = option("auto", "mixed precision: auto (bf16 or fp16+GradScaler on GPU, off on CPU), bf16, fp16, off")
     channels_last: bool = option(True, "channels_last memory format (GPU only)")
@@ -64,6 +67,7 @@ class TrainConfig:
             (self.width > 0, "width", self.width, "a positive number"),
             (self.workers >= 1, "workers", self.workers, "an integer >= 1"),
             (self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number"),
+            (self.gpus_per_worker > 0, "gpus_per_worker", self.gpus_per_worker, "a positive number"),
             (0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)"),
             (0 < self.warmup_fraction < 1, "warmup_fraction", self.warmup_fraction, "in (0, 1)"),
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
@@ -71,6 +75,7 @@ class TrainConfig:
             (self.amp in AMP_MODES, "amp", self.amp, f"one of {', '.join(AMP_MODES)}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1"),
             (self.max_failures >= -1, "max_failures", self.max_failures, "-1 (retry forever) or >= 0"),
+            (0 <= self.sparsity < 1, "sparsity", self.sparsity, "a fraction in (0, 1), e.g. 0.7 (0 = dense)"),
         ]
         for ok, key, value, expected in checks:
             if not ok:

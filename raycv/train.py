@@ -28,6 +28,7 @@ from raycv.data.synth import open_dataset
 from raycv.errors import RaycvError
 from raycv.report import write_run_report
 from raycv.runtime import interactive
+from raycv.sparsity import apply_global_sparsity, measured_sparsity, restore_masks
 from raycv.tasks import Task, get_task
 
 FAULT_MARKER = ".fault_injected"
@@ -72,17 +73,19 @@ def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str,
     return decoded, meta
 
 
-def build_trainer(task: Task, cfg: TrainConfig, data: str, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+def build_trainer(task: Task, cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], meta: dict[str, Any],
+                  storage_path: str | None = None, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
+    """A TorchTrainer running `train_loop` on prepared datasets; the run lands in storage_path/cfg.name
+    (default: STORAGE/TASK/NAME)."""
     cfg.validate()
-    datasets, meta = prepare_datasets(task, data, cfg)
     task.build_model(cfg, meta)  # fail here, in the driver, on a bad model name or option
     rows_per_worker = datasets["train"].count() // cfg.workers
     steps_per_epoch = rows_per_worker // cfg.batch_size
     if steps_per_epoch < 1:
         raise RaycvError(f"batch_size={cfg.batch_size} is larger than the {rows_per_worker} training rows each of "
                          f"the {cfg.workers} workers gets; lower --batch-size or --workers")
-    storage_path = storage.join(storage.absolute(cfg.storage), task.name)
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    storage_path = storage_path or storage.join(storage.absolute(cfg.storage), task.name)
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpu else {})}
     return ray.train.torch.TorchTrainer(
         train_loop,
         train_loop_config={"task": task.name, "config": cfg.to_dict(), "dataset": meta, "progress_bar": interactive(),
@@ -107,7 +110,8 @@ def build_trainer(task: Task, cfg: TrainConfig, data: str, callbacks: list | Non
 def fit(task: Task, cfg: TrainConfig, data: str) -> FitResult:
     """Train `task` on the dataset at `data`; resumes if a run of the same name exists."""
     cfg = cfg.replace(name=cfg.name or default_run_name(task, cfg)).validate()
-    result = build_trainer(task, cfg, data).fit()
+    datasets, meta = prepare_datasets(task, data, cfg)
+    result = build_trainer(task, cfg, datasets, meta).fit()
     if result.error is not None:
         raise result.error
     best = result.get_best_checkpoint(f"val_{task.metric}", task.metric_mode) or result.checkpoint
@@ -210,28 +214,35 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
 
-    model = ray.train.torch.prepare_model(build_on_device(task, cfg, dataset_meta, device))
-    raw_model = model.module if hasattr(model, "module") else model
-    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
-    amp_dtype = autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    forward_model = torch.compile(model) if cfg.compile else model
-
-    start_epoch, history, resumed_at = 0, [], []
+    model = build_on_device(task, cfg, dataset_meta, device)
+    start_epoch, history, resumed_at, train_state = 0, [], [], None
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as folder:
             saved_meta = checkpoint.read_meta(folder)
-            state = checkpoint.load_train_state(folder)
-            raw_model.load_state_dict(torch.load(os.path.join(folder, checkpoint.MODEL_FILE), weights_only=True,
-                                                 map_location=device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+            train_state = checkpoint.load_train_state(folder)
+            model.load_state_dict(torch.load(os.path.join(folder, checkpoint.MODEL_FILE), weights_only=True,
+                                             map_location=device))
+        if cfg.sparsity:
+            restore_masks(model)
         start_epoch, history = saved_meta["epoch"], saved_meta["history"]
         resumed_at = saved_meta.get("resumed_at", []) + [start_epoch + 1]
         if rank == 0:
             logger.info(f"[raycv] resuming {task.name} run at epoch {start_epoch + 1} of {cfg.epochs}")
+    else:
+        if cfg.init_checkpoint:
+            model.load_state_dict(checkpoint.load_weights(cfg.init_checkpoint))
+        apply_global_sparsity(model, cfg.sparsity)
+    raw_model = model
+    model = ray.train.torch.prepare_model(model)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
+    amp_dtype = autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if train_state is not None:
+        optimizer.load_state_dict(train_state["optimizer"])
+        scheduler.load_state_dict(train_state["scheduler"])
+        scaler.load_state_dict(train_state["scaler"])
+    forward_model = torch.compile(model) if cfg.compile else model
 
     writer = None
     if rank == 0 and not storage.is_uri(run_dir):
@@ -277,6 +288,8 @@ def train_loop(config: dict[str, Any]) -> None:
         record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
                   "lr": optimizer.param_groups[0]["lr"], "train_images_per_s": images_per_s,
                   "epoch_seconds": time.perf_counter() - started, "workers": world}
+        if cfg.sparsity:
+            record["sparsity"] = measured_sparsity(raw_model)
         history.append(record)
         if writer is not None:
             for key, value in record.items():

@@ -1,0 +1,608 @@
+"""Network compression and deployment for any task's model (textbook chapter 10, done properly).
+
+`compress_checkpoint` runs five stages on a trained checkpoint and writes one results table:
+
+1. dense       the model as trained (the baseline every other row is compared with)
+2. sparse-NN   iterative global magnitude pruning (`torch.nn.utils.prune.global_unstructured`) with
+               persistent masks: pruned weights stay exactly zero while the survivors fine-tune
+3. channels    structured pruning with Torch-Pruning: channels are physically removed, so the model
+               gets smaller and faster on any hardware, then fine-tuned
+4. int8        post-training static int8 quantization for CPU through PT2E (`torch.export` ->
+               torchao `prepare_pt2e` / `convert_pt2e` with `X86InductorQuantizer`), calibrated on
+               training batches and lowered to oneDNN int8 kernels by `torch.compile` (inductor)
+5. torchscript / onnx   exports of the channel-pruned float model with an output-parity check
+
+Everything goes through the Task interface (`build_model`, `augment`, `loss`, `evaluate`,
+`preprocess`), so the same code compresses a classifier, a detector or a super-resolution net.
+Fine-tuning runs in this process on CPU or one GPU with raycv.train's optimizer and step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+from tqdm.auto import tqdm
+
+from raycv import checkpoint
+from raycv.config import TrainConfig
+from raycv.errors import RaycvError
+from raycv.tasks import Task
+
+Batch = dict[str, torch.Tensor]
+CRITERIA = ("l1", "bn")
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class CompressOptions:
+    sparsities: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)  # global sparsity levels, reached in order
+    finetune_epochs: int = 1  # after each sparsity step and after channel pruning
+    finetune_steps: int = 0  # cap on steps per fine-tune epoch (a random subset of the data); 0 = whole epoch
+    lr: float | None = None  # fine-tuning learning rate (cosine decay); None: a tenth of the checkpoint's
+    batch_size: int = 128
+    channel_ratio: float = 0.7  # share of channels removed from every prunable layer (params shrink ~ (1-r)^2)
+    channel_steps: int = 1  # remove the channels in this many rounds, fine-tuning after each
+    channel_finetune_epochs: int = 3  # fine-tuning after channel pruning (a larger change than a sparsity step)
+    criterion: str = "l1"  # channel importance: "l1" (filter weight norm) or "bn" (BatchNorm scale)
+    calibration_batches: int = 16  # training batches that calibrate the int8 observers
+    threads: int = 1  # torch / onnxruntime threads for every latency measurement
+    latency_runs: int = 20  # timed runs per measurement (the median is reported)
+    latency_batches: tuple[int, ...] = (1, 64)
+    stages: tuple[str, ...] = ("sparse", "channels", "int8", "export")  # the dense row always comes first
+    parity_tolerance: float = 1e-4
+    seed: int = 0
+
+    def validate(self) -> "CompressOptions":
+        valid_stages = ("sparse", "channels", "int8", "export")
+        checks = [
+            (len(self.sparsities) > 0 and all(0 < s < 1 for s in self.sparsities), "sparsities", self.sparsities,
+             "one or more fractions in (0, 1)"),
+            (list(self.sparsities) == sorted(set(self.sparsities)), "sparsities", self.sparsities,
+             "strictly increasing (pruning is iterative: each level starts from the previous one)"),
+            (self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "an integer >= 0"),
+            (self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, "an integer >= 0 (0: whole epoch)"),
+            (self.lr is None or self.lr > 0, "lr", self.lr, "a positive number (or None: a tenth of the checkpoint's)"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (0 < self.channel_ratio < 1, "channel_ratio", self.channel_ratio, "a fraction in (0, 1)"),
+            (self.channel_steps >= 1, "channel_steps", self.channel_steps, "an integer >= 1"),
+            (self.channel_finetune_epochs >= 0, "channel_finetune_epochs", self.channel_finetune_epochs,
+             "an integer >= 0"),
+            (self.criterion in CRITERIA, "criterion", self.criterion, f"one of {', '.join(CRITERIA)}"),
+            (self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an integer >= 1"),
+            (self.threads >= 1, "threads", self.threads, "an integer >= 1"),
+            (self.latency_runs >= 1, "latency_runs", self.latency_runs, "an integer >= 1"),
+            (len(self.latency_batches) > 0 and all(b >= 1 for b in self.latency_batches), "latency_batches",
+             self.latency_batches, "one or more batch sizes >= 1"),
+            (all(s in valid_stages for s in self.stages), "stages", self.stages,
+             f"a subset of {', '.join(valid_stages)}"),
+            (self.parity_tolerance > 0, "parity_tolerance", self.parity_tolerance, "a positive number"),
+        ]
+        for ok, key, value, expected in checks:
+            if not ok:
+                raise RaycvError(f"invalid {key}={value!r}: expected {expected}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Data in memory: the checkpoint's dataset, decoded once by Ray Data, then plain tensors.
+
+
+@dataclass
+class CompressData:
+    train: Batch  # every training row, column-wise
+    val: list[Batch]  # validation batches, fixed order
+    meta: dict[str, Any]
+
+    @property
+    def train_size(self) -> int:
+        return len(next(iter(self.train.values())))
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, limit: int = 0) -> Iterable[Batch]:
+        order = torch.randperm(self.train_size, generator=generator)
+        steps = self.train_size // batch_size
+        steps = min(steps, limit) if limit else steps
+        for step in range(steps):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            yield {key: column[index] for key, column in self.train.items()}
+
+    def example_input(self, task: Task, batch_size: int) -> torch.Tensor:
+        """A model input of `batch_size` real validation images, made by the task's serving preprocess
+        (stored rows hold images as uint8 NHWC under "image", see raycv.tasks.base)."""
+        images = torch.cat([batch["image"] for batch in self.val])[:batch_size]
+        images = images.repeat((batch_size + len(images) - 1) // len(images), *([1] * (images.ndim - 1)))[:batch_size]
+        return task.preprocess(list(images.numpy()), self.meta)
+
+
+def load_data(task: Task, data: str, cfg: TrainConfig, batch_size: int) -> CompressData:
+    from raycv.runtime import init_ray
+    from raycv.train import prepare_datasets
+
+    init_ray()
+    datasets, meta = prepare_datasets(task, data, cfg)
+    chunks = list(datasets["train"].iter_torch_batches(batch_size=4096))
+    train = {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    val = list(datasets["val"].iter_torch_batches(batch_size=batch_size))
+    return CompressData(train, val, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements shared by every stage.
+
+
+class InferenceModule(nn.Module):
+    """Any callable (a compiled graph, an onnxruntime session) as a module that Task.evaluate accepts."""
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.run = run
+        self.device_marker = nn.Parameter(torch.zeros(0), requires_grad=False)  # evaluate() reads the device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+
+def evaluate(task: Task, model: nn.Module, data: CompressData) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        return task.evaluate(model, data.val, data.meta)
+
+
+def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
+    return int(sum((p != 0).sum() if nonzero else p.numel() for p in model.state_dict().values()
+                   if torch.is_floating_point(p) or p.dtype == torch.int8))
+
+
+def file_mb(path: str) -> float:
+    return os.path.getsize(path) / 2**20
+
+
+def measure_latency_ms(run: Callable[[torch.Tensor], Any], example: torch.Tensor, runs: int, warmup: int = 3) -> float:
+    """Median wall time of one call, after warm-up (the first calls allocate and, for compiled
+    graphs, may still specialise)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            run(example)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            run(example)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def latency_columns(run: Callable[[torch.Tensor], Any], examples: dict[int, torch.Tensor], runs: int) -> dict[str, float]:
+    return {f"latency_ms_b{size}": round(measure_latency_ms(run, example, runs), 3) for size, example in examples.items()}
+
+
+def stage_row(stage: str, metrics: dict[str, float], metric: str, params: int, size_mb: float,
+              latency: dict[str, float], **extra: Any) -> dict[str, Any]:
+    return {"stage": stage, metric: round(metrics[metric], 5), "params": params, "size_mb": round(size_mb, 3),
+            **latency, **extra}
+
+
+def add_deltas(rows: list[dict[str, Any]], metric: str, batch_sizes: Iterable[int]) -> list[dict[str, Any]]:
+    """Each row against the dense baseline: metric difference (in points for fractions), and how many
+    times fewer parameters, smaller and faster."""
+    dense = rows[0]
+    scale = 100.0 if 0 <= dense[metric] <= 1 else 1.0  # accuracy-like fractions read as percentage points
+    for row in rows:
+        row[f"delta_{metric}"] = round((row[metric] - dense[metric]) * scale, 3)
+        row["params_x"] = round(dense["params"] / max(row["params"], 1), 2)
+        row["size_x"] = round(dense["size_mb"] / row["size_mb"], 2)
+        for size in batch_sizes:
+            key = f"latency_ms_b{size}"
+            row[f"speedup_b{size}"] = round(dense[key] / row[key], 2)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning: raycv.train's optimizer and step, in this process.
+
+
+def finetune(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig, epochs: int, steps_limit: int,
+             generator: torch.Generator, description: str) -> None:
+    from raycv.train import autocast_dtype, build_optimizer, train_step
+
+    if epochs < 1:
+        return
+    device = next(model.parameters()).device
+    steps_per_epoch = data.train_size // cfg.batch_size
+    steps_per_epoch = min(steps_per_epoch, steps_limit) if steps_limit else steps_per_epoch
+    if steps_per_epoch < 1:
+        raise RaycvError(f"batch_size={cfg.batch_size} is larger than the {data.train_size} training rows")
+    cfg = cfg.replace(epochs=epochs)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
+    amp_dtype = autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    model.train()
+    with tqdm(total=epochs * steps_per_epoch, desc=description, leave=False) as progress:
+        for _ in range(epochs):
+            for batch in data.train_batches(cfg.batch_size, generator, steps_per_epoch):
+                batch = {key: value.to(device) for key, value in batch.items()}
+                loss = train_step(task, model, batch, cfg, optimizer, scheduler, scaler, amp_dtype)
+                progress.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+                progress.update(1)
+    model.eval()
+
+
+def finetune_config(base: TrainConfig, options: CompressOptions) -> TrainConfig:
+    """The checkpoint's own recipe (optimizer, loss options, augmentation) at a fine-tuning learning
+    rate with a cosine decay: a short anneal, not a new warm-up."""
+    return base.replace(lr=options.lr or base.lr / 10, batch_size=options.batch_size, schedule="cosine", compile=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: global magnitude sparsity with persistent masks.
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(module, "weight") for module in model.modules() if isinstance(module, PRUNABLE)]
+
+
+def sparsify_step(model: nn.Module, target: float) -> None:
+    """Raise the global sparsity of conv/linear weights to `target` (L1 magnitude, all layers ranked
+    together). Masks compose with earlier ones (PyTorch's PruningContainer), and the exact number of
+    weights to drop now is passed, so the total lands on the target, not on a rounding of it."""
+    parameters = prunable_weights(model)
+    total = sum(module.weight.numel() for module, _ in parameters)
+    already = sum(int((getattr(module, "weight_mask", torch.ones(1)) == 0).sum()) for module, _ in parameters)
+    prune.global_unstructured(parameters, pruning_method=prune.L1Unstructured, amount=round(target * total) - already)
+
+
+def zero_fraction(model: nn.Module) -> float:
+    """Measured share of exactly-zero weights in the conv/linear layers (masked or not)."""
+    parameters = prunable_weights(model)
+    zeros = sum(int((module.weight == 0).sum()) for module, _ in parameters)
+    return zeros / sum(module.weight.numel() for module, _ in parameters)
+
+
+def masked_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of a masked model with each `weight_orig * weight_mask` folded into a plain
+    `weight` (zeros stay zeros), so it loads into the task's unpruned model."""
+    state = model.state_dict()
+    for key in [k for k in state if k.endswith("_orig")]:
+        name = key[:-len("_orig")]
+        state[name] = state.pop(key) * state.pop(f"{name}_mask")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: structured channel pruning (Torch-Pruning).
+
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The conv/linear layers whose outputs are the model's outputs (a classifier, a detection or
+    SR head): their output channels are the task's contract and must not be pruned."""
+    produced: dict[int, nn.Module] = {}
+    order: list[nn.Module] = []
+
+    def remember(module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            produced[id(output)] = module
+            order.append(module)
+
+    handles = [module.register_forward_hook(remember) for module in model.modules() if isinstance(module, PRUNABLE)]
+    try:
+        with torch.no_grad():
+            outputs = model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    flat, _ = torch.utils._pytree.tree_flatten(outputs)
+    found = [produced[id(tensor)] for tensor in flat if isinstance(tensor, torch.Tensor) and id(tensor) in produced]
+    return found or order[-1:]  # an output reshaped after its last layer: protect the last layer run
+
+
+def channel_pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps: int, criterion: str):
+    import torch_pruning as tp
+
+    importance = tp.importance.BNScaleImportance() if criterion == "bn" else tp.importance.MagnitudeImportance(p=1)
+    return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio, iterative_steps=steps,
+                                ignored_layers=output_layers(model, example))
+
+
+def prune_channels(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig, options: CompressOptions,
+                   example: torch.Tensor, generator: torch.Generator) -> nn.Module:
+    """Remove `channel_ratio` of every prunable layer's channels in `channel_steps` rounds, each
+    followed by fine-tuning (its share of `channel_finetune_epochs`, the remainder after the last)."""
+    pruner = channel_pruner(model, example, options.channel_ratio, options.channel_steps, options.criterion)
+    epochs = [options.channel_finetune_epochs // options.channel_steps] * options.channel_steps
+    epochs[-1] += options.channel_finetune_epochs % options.channel_steps
+    for step, step_epochs in enumerate(epochs, 1):
+        pruner.step()
+        finetune(task, model, data, cfg, step_epochs, options.finetune_steps, generator,
+                 f"channels {step}/{options.channel_steps}")
+    return model
+
+
+def save_pruned(folder: str, model: nn.Module, meta: dict[str, Any]) -> str:
+    """A channel-pruned model no longer matches `build_model(config)`; Torch-Pruning's state dict
+    records the pruned shapes so `load_pruned` rebuilds it from the task's model (tensors, numbers
+    and strings only: loads with weights_only=True)."""
+    import torch_pruning as tp
+
+    os.makedirs(folder, exist_ok=True)
+    torch.save(tp.state_dict(model), os.path.join(folder, "pruned_model.pt"))
+    with open(os.path.join(folder, checkpoint.META_FILE), "w") as file:
+        json.dump({**meta, "pruned": True}, file, indent=2)
+    return os.path.join(folder, "pruned_model.pt")
+
+
+def load_pruned(folder: str) -> nn.Module:
+    import torch_pruning as tp
+
+    from raycv.tasks import get_task
+
+    meta = checkpoint.read_meta(folder)
+    model = get_task(meta["task"]).build_model(TrainConfig.from_dict(meta["config"]), meta["dataset"])
+    state = torch.load(os.path.join(folder, "pruned_model.pt"), weights_only=True, map_location="cpu")
+    tp.load_state_dict(model, state_dict=state)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: int8 post-training quantization (PT2E, X86 inductor backend).
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> torch.fx.GraphModule:
+    """Static int8 (per-channel weights, per-tensor activations) by PyTorch 2 export quantization,
+    the path PyTorch points to now that torch.ao.quantization's eager and FX modes are deprecated."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},)).module()
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for inputs in calibration:
+            prepared(inputs)
+    converted = convert_pt2e(prepared)  # weights folded to int8 constants
+    drop_unused_attributes(converted)
+    return converted
+
+
+def drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
+    """convert_pt2e leaves the float weights (and folded BatchNorm tensors) registered though no node
+    reads them any more; drop them so the saved int8 model holds int8 weights only."""
+    graph.graph.eliminate_dead_code()
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name in [n for n, _ in graph.named_parameters()] + [n for n, _ in graph.named_buffers()]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            module = graph.get_submodule(owner) if owner else graph
+            delattr(module, leaf)
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+
+
+def compile_int8(quantized: torch.fx.GraphModule) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Inductor with freezing turns the quantize/dequantize patterns into oneDNN int8 kernels; without
+    it the graph runs in float with fake quantization and is no faster."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(quantized, dynamic=False)
+
+
+def save_int8(folder: str, quantized: torch.fx.GraphModule, example: torch.Tensor) -> tuple[str, str]:
+    """The int8 weights as a state dict (the size that compares with model.pt), and the whole program
+    as a `torch.export` archive (.pt2) that `torch.export.load(...).module()` runs without raycv."""
+    weights = os.path.join(folder, "int8_state_dict.pt")
+    torch.save(quantized.state_dict(), weights)
+    program = os.path.join(folder, "int8.pt2")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},)), program)
+    return weights, program
+
+
+def in_fixed_batches(run: Callable[[torch.Tensor], torch.Tensor], size: int, exact: set[int]) -> Callable:
+    """Run a shape-specialised compiled graph on any batch: sizes it was compiled for go straight
+    through, others in chunks of `size`, the last one padded (one graph instead of a recompile per
+    odd batch size)."""
+
+    def run_any(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] in exact:
+            return run(x)
+        outputs = []
+        for chunk in x.split(size):
+            padded = torch.cat([chunk, chunk[-1:].expand(size - len(chunk), *chunk.shape[1:])])
+            outputs.append(run(padded)[:len(chunk)])
+        return torch.cat(outputs)
+
+    return run_any
+
+
+def calibration_inputs(task: Task, data: CompressData, options: CompressOptions) -> list[torch.Tensor]:
+    """Model inputs from the first training batches (un-augmented: what the model sees at inference)."""
+    generator = torch.Generator().manual_seed(options.seed)
+    batches = data.train_batches(options.batch_size, generator, options.calibration_batches)
+    return [task.preprocess(list(batch["image"].numpy()), data.meta) for batch in batches]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 5: TorchScript and ONNX exports with output parity.
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> torch.jit.ScriptModule:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is in maintenance; still the format many C++ stacks load
+        traced = torch.jit.trace(model.eval(), example)
+        torch.jit.save(traced, path)
+        return torch.jit.load(path)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str, threads: int):
+    import onnxruntime
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                    input_names=["input"], output_names=["output"], verbose=False)
+    program.save(path)
+    settings = onnxruntime.SessionOptions()
+    settings.intra_op_num_threads = threads
+    settings.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(path, settings, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+
+def check_parity(name: str, difference: float, tolerance: float) -> None:
+    if not difference <= tolerance:
+        raise RaycvError(f"{name} export differs from PyTorch by {difference:.3g} (> {tolerance:g}); not writing a "
+                         "model that answers differently")
+
+
+def onnx_file_mb(path: str) -> float:
+    """The .onnx file plus its external-data file when the exporter wrote weights beside it."""
+    data = path + ".data"
+    return file_mb(path) + (file_mb(data) if os.path.exists(data) else 0.0)
+
+
+def max_abs_difference(reference: Callable, candidate: Callable, inputs: Iterable[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return max(float((reference(x).float() - candidate(x).float()).abs().max()) for x in inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline.
+
+
+def write_tables(out: str, rows: list[dict[str, Any]], title: str) -> None:
+    from raycv.report import table
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "compress.json"), "w") as file:
+        json.dump(rows, file, indent=2)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(os.path.join(out, "compress.csv"), "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    with open(os.path.join(out, "compress.md"), "w") as file:
+        file.write("\n".join(lines) + "\n\n```\n" + table(rows) + "\n```\n")
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def saved_state_mb(model: nn.Module, path: str) -> float:
+    torch.save(model.state_dict(), path)
+    return file_mb(path)
+
+
+def compress_checkpoint(checkpoint_path: str, data: str, out: str, options: CompressOptions | None = None,
+                        task_name: str | None = None) -> list[dict[str, Any]]:
+    """Compress the model at `checkpoint_path` with every stage in `options.stages`, measuring each on
+    the validation split of `data`; writes compress.{json,csv,md} and the compressed models to `out`
+    and returns the table rows (dense first)."""
+    options = (options or CompressOptions()).validate()
+    loaded = checkpoint.load_model(checkpoint_path, task_name, "cpu")
+    task, metric = loaded.task, loaded.task.metric
+    cfg = finetune_config(loaded.config, options)
+    data_in_memory = load_data(task, data, cfg, options.batch_size)
+    if data_in_memory.meta.get("classes") != loaded.dataset_meta.get("classes"):
+        raise RaycvError(f"dataset {data} has classes {data_in_memory.meta.get('classes')} but the checkpoint was "
+                         f"trained on {loaded.dataset_meta.get('classes')}")
+    data_in_memory.meta = loaded.dataset_meta
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        rows = run_stages(task, loaded, data_in_memory, cfg, options, out, generator)
+    finally:
+        torch.set_num_threads(previous_threads)
+    rows = add_deltas(rows, metric, options.latency_batches)
+    write_tables(out, rows, f"raycv {task.name} compress: {loaded.path}")
+    return rows
+
+
+def run_stages(task: Task, loaded: checkpoint.LoadedModel, data: CompressData, cfg: TrainConfig,
+               options: CompressOptions, out: str, generator: torch.Generator) -> list[dict[str, Any]]:
+    metric, model = task.metric, loaded.model.eval()
+    examples = {size: data.example_input(task, size) for size in options.latency_batches}
+    example = examples[max(examples)]
+    checkpoint_meta = {key: value for key, value in loaded.meta.items() if key != "history"}
+
+    def measure(stage: str, model: nn.Module, size_mb: float, params: int | None = None, **extra: Any):
+        row = stage_row(stage, evaluate(task, model, data), metric,
+                        count_parameters(model) if params is None else params, size_mb,
+                        latency_columns(model, examples, options.latency_runs), **extra)
+        tqdm.write(f"[raycv compress] {row}")
+        return row
+
+    rows = [measure("dense", model, saved_state_mb(model, os.path.join(out, "dense_model.pt")))]
+
+    if "sparse" in options.stages:
+        sparse = copy_model(model)  # masks are added to this copy; `model` stays the dense baseline
+        for target in tqdm(options.sparsities, desc="sparsity", leave=False):
+            sparsify_step(sparse, target)
+            finetune(task, sparse, data, cfg, options.finetune_epochs, options.finetune_steps, generator,
+                     f"sparse {target:.0%}")
+            measured = zero_fraction(sparse)
+            folder = os.path.join(out, f"sparse{round(target * 100)}")
+            permanent = copy_model(model)
+            permanent.load_state_dict(masked_state_dict(sparse))
+            checkpoint.save(folder, permanent, {**checkpoint_meta, "sparsity": measured})
+            rows.append(measure(f"sparse{round(target * 100)}", permanent,
+                                file_mb(os.path.join(folder, checkpoint.MODEL_FILE)),
+                                params=count_parameters(permanent, nonzero=True),
+                                target_sparsity=target, zero_fraction=round(measured, 6)))
+
+    float_for_export = model
+    if "channels" in options.stages:
+        pruned = prune_channels(task, copy_model(model), data, cfg, options, example, generator)
+        save_pruned(os.path.join(out, "channels"), pruned, checkpoint_meta)
+        rows.append(measure("channels", pruned, saved_state_mb(pruned, os.path.join(out, "channels", "state_dict.pt")),
+                            channel_ratio=options.channel_ratio, criterion=options.criterion))
+        float_for_export = pruned
+
+    if "int8" in options.stages:
+        quantized = quantize_int8(copy_model(model), calibration_inputs(task, data, options), example)
+        weights, _program = save_int8(out, quantized, example)
+        with tqdm(total=1, desc="int8 compile", leave=False):
+            compiled = compile_int8(quantized)
+            with torch.no_grad():
+                for one in examples.values():
+                    compiled(one)
+        runner = InferenceModule(in_fixed_batches(compiled, max(examples), exact=set(examples)))
+        rows.append(measure("int8", runner, file_mb(weights), params=count_parameters(quantized),
+                            backend="pt2e-x86-inductor"))
+
+    if "export" in options.stages:
+        source = "channels" if float_for_export is not model else "dense"
+        inputs = [example, examples[min(examples)]]
+        scripted = export_torchscript(float_for_export, example, os.path.join(out, f"{source}.torchscript.pt"))
+        difference = max_abs_difference(float_for_export, scripted, inputs)
+        check_parity("TorchScript", difference, options.parity_tolerance)
+        rows.append(measure("torchscript", InferenceModule(scripted), file_mb(os.path.join(out, f"{source}.torchscript.pt")),
+                            params=count_parameters(float_for_export), exported=source, max_abs_diff=difference))
+        onnx_path = os.path.join(out, f"{source}.onnx")
+        session = export_onnx(float_for_export, example, onnx_path, options.threads)
+        difference = max_abs_difference(float_for_export, onnx_runner(session), inputs)
+        check_parity("ONNX", difference, options.parity_tolerance)
+        rows.append(measure("onnx", InferenceModule(onnx_runner(session)), onnx_file_mb(onnx_path),
+                            params=count_parameters(float_for_export), exported=source, max_abs_diff=difference))
+    return rows

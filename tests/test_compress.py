@@ -1,0 +1,108 @@
+"""Compression stages on the shared tiny DDP checkpoint: masks, channel pruning, int8, exports, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from raycv import checkpoint, compress
+from raycv.compress import CompressOptions
+from raycv.errors import RaycvError
+
+TINY_OPTIONS = dict(batch_size=64, finetune_epochs=1, finetune_steps=3, channel_finetune_epochs=1,
+                    calibration_batches=2, latency_runs=2)
+
+
+@pytest.fixture(scope="module")
+def setup(ddp_run, classify_data):
+    loaded = checkpoint.load_model(ddp_run.best_checkpoint, "classify")
+    options = CompressOptions(**TINY_OPTIONS).validate()
+    cfg = compress.finetune_config(loaded.config, options)
+    data = compress.load_data(loaded.task, classify_data, cfg, options.batch_size)
+    example = data.example_input(loaded.task, 8)
+    return loaded, data, cfg, options, example
+
+
+def test_masks_hold_through_finetuning(setup):
+    loaded, data, cfg, options, _ = setup
+    model = compress.copy_model(loaded.model)
+    generator = torch.Generator().manual_seed(0)
+    for target in (0.5, 0.8):  # iterative: the second step starts from the first one's masks
+        compress.sparsify_step(model, target)
+        compress.finetune(loaded.task, model, data, cfg, 1, 3, generator, "test")
+        assert compress.zero_fraction(model) == pytest.approx(target, abs=1e-6)
+    permanent = compress.copy_model(loaded.model)
+    permanent.load_state_dict(compress.masked_state_dict(model))
+    assert compress.zero_fraction(permanent) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_channel_pruning_removes_parameters_and_reloads(setup, tmp_path):
+    loaded, data, cfg, options, example = setup
+    model = compress.copy_model(loaded.model)
+    before = compress.count_parameters(model)
+    options = CompressOptions(**{**TINY_OPTIONS, "channel_ratio": 0.5, "channel_steps": 2})
+    pruned = compress.prune_channels(loaded.task, model, data, cfg, options, example, torch.Generator())
+    assert compress.count_parameters(pruned) < before / 2.5
+    with torch.no_grad():
+        outputs = pruned(example)
+    assert outputs.shape == (8, len(loaded.dataset_meta["classes"]))  # the classifier output is protected
+    compress.save_pruned(str(tmp_path), pruned, loaded.meta)
+    rebuilt = compress.load_pruned(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(example), outputs)
+
+
+def test_int8_is_smaller_on_disk_and_runs(setup, tmp_path):
+    loaded, data, cfg, options, example = setup
+    dense_mb = compress.saved_state_mb(loaded.model, str(tmp_path / "dense.pt"))
+    quantized = compress.quantize_int8(compress.copy_model(loaded.model),
+                                       compress.calibration_inputs(loaded.task, data, options), example)
+    weights, program = compress.save_int8(str(tmp_path), quantized, example)
+    assert compress.file_mb(weights) < dense_mb / 3
+    with torch.no_grad():
+        reference, answer = loaded.model(example), torch.export.load(program).module()(example)
+    assert answer.shape == reference.shape
+    assert (answer.argmax(1) == reference.argmax(1)).float().mean() >= 0.75
+
+
+def test_torchscript_and_onnx_match_pytorch(setup, tmp_path):
+    loaded, _, _, options, example = setup
+    model = loaded.model
+    scripted = compress.export_torchscript(model, example, str(tmp_path / "model.torchscript.pt"))
+    assert compress.max_abs_difference(model, scripted, [example, example[:1]]) <= 1e-4
+    session = compress.export_onnx(model, example, str(tmp_path / "model.onnx"), threads=1)
+    assert compress.max_abs_difference(model, compress.onnx_runner(session), [example, example[:1]]) <= 1e-4
+
+
+def test_compress_checkpoint_writes_the_table(ddp_run, classify_data, tmp_path):
+    options = CompressOptions(**TINY_OPTIONS, sparsities=(0.5,), stages=("sparse",), latency_batches=(1, 8))
+    rows = compress.compress_checkpoint(ddp_run.best_checkpoint, classify_data, str(tmp_path), options, "classify")
+    assert [row["stage"] for row in rows] == ["dense", "sparse50"]
+    assert rows[1]["zero_fraction"] == pytest.approx(0.5, abs=1e-6)
+    assert {"accuracy", "params", "size_mb", "latency_ms_b1", "latency_ms_b8", "delta_accuracy"} <= set(rows[1])
+    assert json.loads((tmp_path / "compress.json").read_text()) == rows
+    assert (tmp_path / "compress.csv").exists() and (tmp_path / "compress.md").exists()
+    sparse = checkpoint.load_model(str(tmp_path / "sparse50"), "classify")  # loads like any checkpoint
+    assert compress.zero_fraction(sparse.model) == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad, word", [
+    (dict(sparsities=(0.5, 1.5)), "1.5"),
+    (dict(sparsities=(0.9, 0.5)), "increasing"),
+    (dict(criterion="l3"), "l3"),
+    (dict(channel_ratio=0.0), "channel_ratio"),
+    (dict(stages=("sparse", "distill")), "distill"),
+])
+def test_bad_options_are_named(bad, word):
+    with pytest.raises(RaycvError, match=word):
+        CompressOptions(**bad).validate()
+
+
+def test_another_tasks_checkpoint_is_refused(ddp_run, classify_data, tmp_path):
+    with pytest.raises(RaycvError, match="belongs to task 'classify'"):
+        compress.compress_checkpoint(ddp_run.best_checkpoint, classify_data, str(tmp_path), CompressOptions(),
+                                     task_name="segment")
+    assert not os.listdir(tmp_path)

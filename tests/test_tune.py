@@ -1,0 +1,54 @@
+"""Sweeps: a 4-trial learning-rate x sparsity sweep on the shared Ray instance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY
+from raycv.checkpoint import load_model
+from raycv.errors import RaycvError
+from raycv.sparsity import measured_sparsity
+from raycv.tasks import get_task
+from raycv.tune import parse_space, sweep
+
+
+@pytest.fixture(scope="module")
+def lr_sparsity_sweep(classify_data, workdir):
+    task = get_task("classify")
+    base = task.default_config().replace(epochs=3, workers=1, storage=str(workdir / "runs"), **TINY)
+    # lr 30 makes AdamW diverge: a clearly bad trial that ASHA should cut at its first rung.
+    space = parse_space(["lr=grid:0.003,30.0", "sparsity=grid:0.0,0.5"], base)
+    return sweep(task, base, classify_data, space, name="lr-sparsity", max_concurrent=2)
+
+
+def test_sweep_ranks_trials_and_keeps_the_best_checkpoint(lr_sparsity_sweep):
+    rows = lr_sparsity_sweep.rows
+    assert len(rows) == 4
+    assert rows[0]["lr"] == 0.003  # a sane learning rate wins
+    assert rows[0]["val_accuracy"] > max(row["val_accuracy"] for row in rows if row["lr"] == 30.0)
+    loaded = load_model(lr_sparsity_sweep.best_checkpoint, "classify")
+    with torch.no_grad():
+        assert loaded.model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    if lr_sparsity_sweep.best_config["sparsity"] == 0.5:
+        assert abs(measured_sparsity(loaded.model) - 0.5) < 1e-3
+
+
+def test_asha_stops_a_bad_learning_rate_early(lr_sparsity_sweep):
+    bad = [row for row in lr_sparsity_sweep.rows if row["lr"] == 30.0]
+    assert any(row["status"] == "stopped early" and row["epochs"] < 3 for row in bad), lr_sparsity_sweep.rows
+
+
+def test_sparse_trials_keep_their_masks(lr_sparsity_sweep):
+    sparse = [row for row in lr_sparsity_sweep.rows if row["sparsity"] == 0.5 and row["lr"] == 0.003]
+    assert sparse and abs(sparse[0]["sparsity_measured"] - 0.5) < 1e-3
+
+
+def test_bad_search_spaces_are_refused():
+    base = get_task("classify").default_config()
+    with pytest.raises(RaycvError, match="invalid sparsity=1.5"):
+        parse_space(["sparsity=grid:0.5,1.5"], base)
+    with pytest.raises(RaycvError, match="unknown search-space key 'learning_rate'"):
+        parse_space(["learning_rate=loguniform:1e-4:1e-1"], base)
+    with pytest.raises(RaycvError, match="LOW < HIGH"):
+        parse_space(["lr=loguniform:1e-1:1e-4"], base)
