@@ -20,6 +20,7 @@ Fine-tuning runs in this process on CPU or one GPU with raycv.train's optimizer 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -51,11 +52,11 @@ class CompressOptions:
     lr: float | None = None  # fine-tuning learning rate (cosine decay); None: a tenth of the checkpoint's
     batch_size: int = 128
     channel_ratio: float = 0.7  # share of channels removed from every prunable layer (params shrink ~ (1-r)^2)
-    channel_steps: int = 1  # remove the channels in this many rounds, fine-tuning after each
-    channel_finetune_epochs: int = 3  # fine-tuning after channel pruning (a larger change than a sparsity step)
+    channel_steps: int = 3  # remove the channels in this many rounds, fine-tuning after each
+    channel_finetune_epochs: int = 6  # spread over the rounds: removing channels changes more than a mask does
     criterion: str = "l1"  # channel importance: "l1" (filter weight norm) or "bn" (BatchNorm scale)
     calibration_batches: int = 16  # training batches that calibrate the int8 observers
-    threads: int = 1  # torch / onnxruntime threads for every latency measurement
+    threads: int = 0  # torch / onnxruntime threads for the whole run, latencies included; 0: torch's default
     latency_runs: int = 20  # timed runs per measurement (the median is reported)
     latency_batches: tuple[int, ...] = (1, 64)
     stages: tuple[str, ...] = ("sparse", "channels", "int8", "export")  # the dense row always comes first
@@ -79,7 +80,7 @@ class CompressOptions:
              "an integer >= 0"),
             (self.criterion in CRITERIA, "criterion", self.criterion, f"one of {', '.join(CRITERIA)}"),
             (self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an integer >= 1"),
-            (self.threads >= 1, "threads", self.threads, "an integer >= 1"),
+            (self.threads >= 0, "threads", self.threads, "an integer >= 0 (0: torch's default)"),
             (self.latency_runs >= 1, "latency_runs", self.latency_runs, "an integer >= 1"),
             (len(self.latency_batches) > 0 and all(b >= 1 for b in self.latency_batches), "latency_batches",
              self.latency_batches, "one or more batch sizes >= 1"),
@@ -158,8 +159,13 @@ def evaluate(task: Task, model: nn.Module, data: CompressData) -> dict[str, floa
 
 
 def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
-    return int(sum((p != 0).sum() if nonzero else p.numel() for p in model.state_dict().values()
-                   if torch.is_floating_point(p) or p.dtype == torch.int8))
+    """Learnable parameters (or, with `nonzero`, those not pruned to exactly zero)."""
+    return int(sum((p != 0).sum() if nonzero else p.numel() for p in model.parameters()))
+
+
+def count_stored_values(model: nn.Module) -> int:
+    """Every value a model stores (a quantized graph keeps its int8 weights as buffers)."""
+    return sum(tensor.numel() for tensor in model.state_dict().values())
 
 
 def file_mb(path: str) -> float:
@@ -325,28 +331,43 @@ def prune_channels(task: Task, model: nn.Module, data: CompressData, cfg: TrainC
     return model
 
 
-def save_pruned(folder: str, model: nn.Module, meta: dict[str, Any]) -> str:
-    """A channel-pruned model no longer matches `build_model(config)`; Torch-Pruning's state dict
-    records the pruned shapes so `load_pruned` rebuilds it from the task's model (tensors, numbers
-    and strings only: loads with weights_only=True)."""
-    import torch_pruning as tp
+PRUNED_FILE = "pruned_model.pt"
 
+
+def save_pruned(folder: str, model: nn.Module, meta: dict[str, Any]) -> str:
+    """A channel-pruned model no longer matches `build_model(config)`. Saved beside its weights: every
+    module's plain attributes (in/out channels, features, groups), which is all `load_pruned` needs to
+    reshape the task's freshly built model. Tensors, numbers and strings only: weights_only loading."""
     os.makedirs(folder, exist_ok=True)
-    torch.save(tp.state_dict(model), os.path.join(folder, "pruned_model.pt"))
+    attributes = {name: {key: value for key, value in vars(module).items()
+                         if not key.startswith("_") and isinstance(value, (bool, int, float, str, tuple))}
+                  for name, module in model.named_modules()}
+    path = os.path.join(folder, PRUNED_FILE)
+    torch.save({"state_dict": model.state_dict(), "attributes": attributes}, path)
     with open(os.path.join(folder, checkpoint.META_FILE), "w") as file:
         json.dump({**meta, "pruned": True}, file, indent=2)
-    return os.path.join(folder, "pruned_model.pt")
+    return path
 
 
 def load_pruned(folder: str) -> nn.Module:
-    import torch_pruning as tp
-
+    """Rebuild a model written by `save_pruned`: the task's model, with its modules' attributes and
+    tensor shapes set to the pruned ones, then the pruned weights loaded (strictly)."""
     from raycv.tasks import get_task
 
     meta = checkpoint.read_meta(folder)
     model = get_task(meta["task"]).build_model(TrainConfig.from_dict(meta["config"]), meta["dataset"])
-    state = torch.load(os.path.join(folder, "pruned_model.pt"), weights_only=True, map_location="cpu")
-    tp.load_state_dict(model, state_dict=state)
+    saved = torch.load(os.path.join(folder, PRUNED_FILE), weights_only=True, map_location="cpu")
+    for name, module in model.named_modules():
+        for key, value in saved["attributes"].get(name, {}).items():
+            setattr(module, key, value)
+    for key, tensor in saved["state_dict"].items():
+        owner, _, leaf = key.rpartition(".")
+        module = model.get_submodule(owner)
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(torch.empty_like(tensor))
+        elif leaf in module._buffers:
+            module._buffers[leaf] = torch.empty_like(tensor)
+    model.load_state_dict(saved["state_dict"])
     return model.eval()
 
 
@@ -386,13 +407,17 @@ def drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
     graph.recompile()
 
 
-def compile_int8(quantized: torch.fx.GraphModule) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_int8(quantized: torch.fx.GraphModule, examples: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Inductor with freezing turns the quantize/dequantize patterns into oneDNN int8 kernels; without
-    it the graph runs in float with fake quantization and is no faster."""
+    it the graph runs in float with fake quantization and is no faster. One static graph per example
+    batch size, compiled here (compilation is lazy: the first call of each shape does it)."""
     import torch._inductor.config as inductor_config
 
-    inductor_config.freezing = True
-    return torch.compile(quantized, dynamic=False)
+    compiled = torch.compile(quantized, dynamic=False)
+    with inductor_config.patch(freezing=True), torch.no_grad():
+        for example in tqdm(list(examples), desc="int8 compile", leave=False):
+            compiled(example)
+    return compiled
 
 
 def save_int8(folder: str, quantized: torch.fx.GraphModule, example: torch.Tensor) -> tuple[str, str]:
@@ -529,13 +554,15 @@ def compress_checkpoint(checkpoint_path: str, data: str, out: str, options: Comp
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     previous_threads = torch.get_num_threads()
+    # Fixed for the whole run: inductor bakes the thread count into the int8 kernels it compiles.
+    options = dataclasses.replace(options, threads=options.threads or previous_threads)
     torch.set_num_threads(options.threads)
     try:
         rows = run_stages(task, loaded, data_in_memory, cfg, options, out, generator)
     finally:
         torch.set_num_threads(previous_threads)
     rows = add_deltas(rows, metric, options.latency_batches)
-    write_tables(out, rows, f"raycv {task.name} compress: {loaded.path}")
+    write_tables(out, rows, f"raycv {task.name} compress: {loaded.path} ({options.threads} CPU threads)")
     return rows
 
 
@@ -582,13 +609,9 @@ def run_stages(task: Task, loaded: checkpoint.LoadedModel, data: CompressData, c
     if "int8" in options.stages:
         quantized = quantize_int8(copy_model(model), calibration_inputs(task, data, options), example)
         weights, _program = save_int8(out, quantized, example)
-        with tqdm(total=1, desc="int8 compile", leave=False):
-            compiled = compile_int8(quantized)
-            with torch.no_grad():
-                for one in examples.values():
-                    compiled(one)
+        compiled = compile_int8(quantized, examples.values())
         runner = InferenceModule(in_fixed_batches(compiled, max(examples), exact=set(examples)))
-        rows.append(measure("int8", runner, file_mb(weights), params=count_parameters(quantized),
+        rows.append(measure("int8", runner, file_mb(weights), params=count_stored_values(quantized),
                             backend="pt2e-x86-inductor"))
 
     if "export" in options.stages:

@@ -101,8 +101,9 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
     datasets, meta = prepare_datasets(task, data, base)
     trainable = ray.tune.with_parameters(run_trial, task_name=task.name, base=base.to_dict(), datasets=datasets,
                                          meta=meta, trials_root=storage.join(path, "trials"))
-    # The driver only waits on its TorchTrainer, whose workers hold the CPUs and GPUs.
-    trainable = ray.tune.with_resources(trainable, {"CPU": 0})
+    # The trial driver only waits on its TorchTrainer, whose workers hold the CPUs and GPUs; a whole
+    # CPU per driver would starve the workers on small machines (Tune refuses an empty request).
+    trainable = ray.tune.with_resources(trainable, {"CPU": 0.01})
     if ray.tune.Tuner.can_restore(path):
         tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
