@@ -23,7 +23,7 @@ from raycv.errors import RaycvError
 from raycv.runtime import init_ray
 from raycv.tasks import TASK_MODULES, get_task
 
-VERBS = ("synth", "train", "eval", "tune", "predict", "serve")
+VERBS = ("synth", "train", "eval", "tune", "compress", "predict", "serve")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
@@ -46,6 +46,23 @@ def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
             kind = {"int": int, "float": float, "str": str}[str(field.type)]
             group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
                                help=help_text)
+
+
+def add_compress_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per CompressOptions field; tuples are comma-separated (--sparsities 0.5,0.7,0.9)."""
+    from raycv.compress import CompressOptions
+
+    defaults = CompressOptions()
+    for field in dataclasses.fields(CompressOptions):
+        default = getattr(defaults, field.name)
+        if isinstance(default, tuple):
+            item = type(default[0])
+            kind = lambda text, item=item: tuple(item(value) for value in text.split(",") if value)  # noqa: E731
+            shown = ",".join(map(str, default))
+        else:
+            kind, shown = (float if default is None else type(default)), default
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=default,
+                            help=f"(default: {shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         tune.add_argument("--no-asha", dest="asha", action="store_false", help="run every trial to the end")
         tune.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
         add_config_flags(tune, task_name)
+
+        compress = verbs.add_parser("compress", help="sparsify, channel-prune, quantize (int8) and export a checkpoint, "
+                                                     "with accuracy, size and CPU latency per stage")
+        compress.add_argument("--checkpoint", required=True)
+        compress.add_argument("--data", required=True, help="dataset for fine-tuning, calibration and evaluation")
+        compress.add_argument("--out", required=True, help="folder for the table and the compressed models")
+        add_compress_flags(compress)
 
         evaluate = verbs.add_parser("eval", help="evaluate a checkpoint on a dataset split")
         evaluate.add_argument("--checkpoint", required=True)
@@ -171,6 +195,14 @@ def run(args: argparse.Namespace) -> int:
         print(table([{k: v for k, v in row.items() if k != "checkpoint"} for row in result.rows],
                     f"sweep {result.path}, best first"))
         print(f"best config and checkpoint: {result.path}/best.json, {result.best_checkpoint}")
+    elif args.verb == "compress":
+        from raycv.compress import CompressOptions, compress_checkpoint
+
+        options = CompressOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompressOptions)}).validate()
+        init_ray()
+        rows = compress_checkpoint(args.checkpoint, args.data, args.out, options, task.name)
+        print(table(rows, f"{task.name} compress: {args.checkpoint}"))
+        print(f"tables and models: {args.out}")
     elif args.verb == "eval":
         from raycv.inference import evaluate_checkpoint
 

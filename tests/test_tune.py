@@ -17,7 +17,8 @@ from raycv.tune import parse_space, sweep
 def lr_sparsity_sweep(classify_data, workdir):
     task = get_task("classify")
     # 0.9 CPU per trial worker: two trials plus their (0.01 CPU) Tune drivers fit on 2 cores.
-    base = task.default_config().replace(epochs=3, workers=1, cpus_per_worker=0.9, storage=str(workdir / "runs"), **TINY)
+    base = task.default_config().replace(epochs=3, workers=1, cpus_per_worker=0.9, storage=str(workdir / "runs"),
+                                         **TINY)
     # lr 30 makes AdamW diverge: a clearly bad trial that ASHA should cut at its first rung.
     space = parse_space(["lr=grid:0.003,30.0", "sparsity=grid:0.0,0.5"], base)
     return sweep(task, base, classify_data, space, name="lr-sparsity", max_concurrent=2)
