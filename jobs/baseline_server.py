@@ -24,17 +24,15 @@ def main() -> None:
 
     from raycv.checkpoint import load_model
     from raycv.data.images import decode_image
+    from raycv.inference import predict
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.checkpoint)
     app = FastAPI()
 
     @app.post("/v1/{task}/predict")
-    async def predict(task: str, request: Request):
-        image = decode_image(await request.body())
-        with torch.inference_mode():
-            outputs = loaded.model(loaded.task.preprocess([image], loaded.dataset_meta))
-        return {"task": task, "predictions": loaded.task.postprocess(outputs, loaded.dataset_meta)}
+    async def answer(task: str, request: Request):
+        return {"task": task, "predictions": predict(loaded, [decode_image(await request.body())])}
 
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -54,10 +54,12 @@ def read_image_files(paths: list[str]) -> list[np.ndarray]:
 
 
 def predict(loaded: checkpoint.LoadedModel, images: list[np.ndarray]) -> list[Any]:
+    """The task's answers for decoded images (uint8 HWC RGB): preprocess, the model, postprocess. The
+    one path from images to answers, shared by local prediction, batch prediction and Serve."""
     device = next(loaded.model.parameters()).device
-    with torch.no_grad():
+    with torch.inference_mode():
         outputs = loaded.model(loaded.task.preprocess(images, loaded.dataset_meta).to(device))
-    return loaded.task.postprocess(outputs, loaded.dataset_meta)
+    return loaded.task.postprocess(outputs, loaded.dataset_meta, [image.shape[:2] for image in images])
 
 
 def predict_over_http(url: str, task_name: str, paths: list[str], timeout_s: float = 60) -> list[Any]:

@@ -149,10 +149,9 @@ class ModelServer:
         return await asyncio.to_thread(self.infer, images)
 
     def infer(self, images: list[np.ndarray]) -> list[Any]:
-        task, meta = self.loaded.task, self.loaded.dataset_meta
-        with torch.inference_mode():
-            outputs = self.loaded.model(task.preprocess(images, meta).to(self.device))
-        return task.postprocess(outputs, meta)
+        from raycv.inference import predict
+
+        return predict(self.loaded, images)
 
 
 def build_app(options: ServeOptions) -> serve.Application:

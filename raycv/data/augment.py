@@ -10,10 +10,19 @@ from __future__ import annotations
 import torch
 
 
+def random_flip_mask(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which images of a batch to flip (a random half), for tasks that must flip their labels too."""
+    return torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+
+
+def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip of the NCHW (or NHW) images selected by the boolean `flip`."""
+    return torch.where(flip.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Horizontal flip of a random half of an NCHW batch."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return flip_where(images, random_flip_mask(images, generator))
 
 
 def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:

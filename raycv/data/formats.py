@@ -22,6 +22,18 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
 
+def image_files(folder: str, option: str) -> list[str]:
+    """The image files directly in a local `folder`, sorted; `option` names the setting in errors."""
+    import os
+
+    if not os.path.isdir(folder):
+        raise RaycvError(f"{option} {folder} is not a folder")
+    files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise RaycvError(f"{option} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles, and unpickling runs whatever code a file names. This unpickler
     only builds plain containers and numpy arrays, so a hostile or damaged file cannot run code."""

@@ -53,13 +53,13 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 # ---------------------------------------------------------------------------------------------------
 
 
-def _circle_points(count: int, radius: float = 1.0, center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def circle_points(count: int, radius: float = 1.0, center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     angles = np.linspace(0.0, 2.0 * np.pi, count, endpoint=False)
     return np.stack([center[0] + radius * np.cos(angles), center[1] + radius * np.sin(angles)], axis=1)
 
 
-def _star_points(points: int, inner_ratio: float) -> np.ndarray:
-    outline = _circle_points(2 * points)
+def star_points(points: int, inner_ratio: float) -> np.ndarray:
+    outline = circle_points(2 * points)
     outline[1::2] *= inner_ratio
     return outline
 
@@ -72,7 +72,7 @@ def _heart_points(count: int) -> np.ndarray:
     return np.stack([x, -y], axis=1)
 
 
-def _normalise(polygons: list[Polygon]) -> tuple[Polygon, ...]:
+def normalise_outline(polygons: list[Polygon]) -> tuple[Polygon, ...]:
     """Centre the additive polygons' bounding box on the origin and scale them into the unit circle."""
     solid = np.concatenate([points for points, additive in polygons if additive])
     center = (solid.min(axis=0) + solid.max(axis=0)) / 2.0
@@ -82,12 +82,12 @@ def _normalise(polygons: list[Polygon]) -> tuple[Polygon, ...]:
 
 _ARM = 0.3  # half-width of the cross's arms, relative to their length
 _SHAPE_OUTLINES: tuple[tuple[Polygon, ...], ...] = tuple(
-    _normalise(polygons)
+    normalise_outline(polygons)
     for polygons in (
-        [(_circle_points(48), True)],
-        [(_circle_points(4), True)],
-        [(_circle_points(3), True)],
-        [(_star_points(5, 0.42), True)],
+        [(circle_points(48), True)],
+        [(circle_points(4), True)],
+        [(circle_points(3), True)],
+        [(star_points(5, 0.42), True)],
         [
             (
                 np.array(
@@ -98,8 +98,8 @@ _SHAPE_OUTLINES: tuple[tuple[Polygon, ...], ...] = tuple(
                 True,
             )
         ],
-        [(_circle_points(48), True), (_circle_points(40, 0.55), False)],
-        [(_circle_points(6), True)],
+        [(circle_points(48), True), (circle_points(40, 0.55), False)],
+        [(circle_points(6), True)],
         [(_heart_points(48), True)],
         [
             (
@@ -107,7 +107,7 @@ _SHAPE_OUTLINES: tuple[tuple[Polygon, ...], ...] = tuple(
                 True,
             )
         ],
-        [(_circle_points(48), True), (_circle_points(40, 0.8, (0.45, 0.0)), False)],
+        [(circle_points(48), True), (circle_points(40, 0.8, (0.45, 0.0)), False)],
     )
 )
 assert len(_SHAPE_OUTLINES) == len(SHAPE_CLASSES)
@@ -116,11 +116,17 @@ assert len(_SHAPE_OUTLINES) == len(SHAPE_CLASSES)
 def shape_polygons(
     label: int, center: tuple[float, float], radius: float, angle: float, aspect: float = 1.0
 ) -> list[Polygon]:
-    """The outline of class `label` placed in pixel coordinates (x, y): scaled to `radius`, stretched by
-    `aspect` along its own x axis, then rotated by `angle` radians about `center`."""
+    """The outline of class `label` placed in pixel coordinates (x, y); see `place_outline`."""
+    return place_outline(_SHAPE_OUTLINES[label], center, radius, angle, aspect)
+
+
+def place_outline(outline: Sequence[Polygon], center: tuple[float, float] | np.ndarray, radius: float,
+                  angle: float, aspect: float = 1.0) -> list[Polygon]:
+    """A unit-frame outline placed in pixel coordinates (x, y): scaled to `radius`, stretched by `aspect`
+    along its own x axis, then rotated by `angle` radians about `center`."""
     cos, sin = np.cos(angle), np.sin(angle)
     transform = radius * np.array([[aspect * cos, aspect * sin], [-sin, cos]])
-    return [(points @ transform + center, additive) for points, additive in _SHAPE_OUTLINES[label]]
+    return [(points @ transform + center, additive) for points, additive in outline]
 
 
 def rasterize_polygons(polygons: Sequence[Polygon], size: int, supersample: int = SUPERSAMPLE) -> np.ndarray:

@@ -74,6 +74,9 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
                 concurrency=workers,
             )
             dataset.write_parquet(storage.join(tmp, split))
+            export = getattr(task, "export_split", None)
+            if export is not None:  # e.g. COCO JSON next to the Parquet rows of scene tasks
+                export(tmp, split, meta)
         manifest = {
             "task": task.name, "seed": seed, "splits": dict(splits), "params": params, "meta": meta,
             "raycv_version": raycv.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -9,6 +9,7 @@ from raycv.tasks.base import Task
 
 TASK_MODULES = {
     "classify": "raycv.tasks.classify",
+    "boxreg": "raycv.tasks.boxreg",
 }
 
 

@@ -37,6 +37,9 @@ class Task(Protocol):
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         """One stored row, drawn only from `rng` (seeded per sample by the driver)."""
 
+    # Optional: `export_split(dataset_dir, split, meta)` writes extra files for a split just written as
+    # Parquet (scene tasks write its COCO JSON).
+
     def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         """Real data in the task's standard formats: splits of stored rows, and the dataset meta."""
 
@@ -56,5 +59,6 @@ class Task(Protocol):
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
         """Decoded request images (uint8 HWC RGB) to one model input batch."""
 
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any]) -> list[Any]:
-        """Model outputs to one JSON-able answer per image."""
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[Any]:
+        """Model outputs to one JSON-able answer per image; `sizes` are the request images' (height,
+        width), so boxes and masks can be given in the caller's pixels."""

@@ -92,7 +92,8 @@ class ClassifyTask:
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
         return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
 
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], top_k: int = 5) -> list[list[dict[str, Any]]]:
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
+                    top_k: int = 5) -> list[list[dict[str, Any]]]:
         probabilities = outputs.float().softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
         return [[{"class": meta["classes"][i], "index": int(i), "probability": round(float(p), 6)}

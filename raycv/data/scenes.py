@@ -1,0 +1,303 @@
+"""Composited scenes for detection and segmentation: objects pasted onto backgrounds, with exact masks.
+
+The textbook (chapters 5 and 6) pastes object cut-outs onto background photos and keeps the masks as
+JPEGs. raycv composites the same kind of scene, seeded and offline, and keeps every label exact:
+
+- objects are procedural silhouettes (SCENE_CLASSES) or RGBA cut-outs from a folder (one subfolder per
+  class), pasted at a random scale and position; later objects occlude earlier ones, and each object's
+  mask is what stays visible of it;
+- backgrounds are procedural textures or random crops of photos from a folder;
+- a stored row is the image (PNG), an instance map (PNG, pixel value = instance number, 0 = background)
+  and the COCO annotations of its objects (JSON: bbox, category_id, area, RLE segmentation).
+
+Parameters are plain dict entries (SCENE_DEFAULTS) so `raycv detect synth --param max_objects=5` works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from raycv.data import procedural
+from raycv.data.formats import image_files
+from raycv.data.images import encode_png
+from raycv.errors import RaycvError
+
+# Silhouettes chosen to be told apart by outline alone, as in the book's sun/star/... cut-outs.
+_SCENE_OUTLINES: dict[str, tuple[procedural.Polygon, ...] | None] = {
+    "sun": procedural.normalise_outline([(procedural.star_points(12, 0.68), True)]),
+    "star": procedural.normalise_outline([(procedural.star_points(5, 0.42), True)]),
+    "ring": procedural.normalise_outline([(procedural.circle_points(48), True),
+                                          (procedural.circle_points(40, 0.55), False)]),
+    "polygon": None,  # drawn per object: a jittered convex polygon of 5 to 7 sides
+}
+SCENE_CLASSES = tuple(_SCENE_OUTLINES)
+
+SCENE_DEFAULTS: dict[str, Any] = {
+    "image_size": 128,
+    "classes": ",".join(SCENE_CLASSES),  # a subset, e.g. "star" for single-class detection
+    "min_objects": 1,
+    "max_objects": 3,
+    "min_scale": 0.25,  # object size (longer side) as a fraction of the image side
+    "max_scale": 0.45,
+    "overlap": False,  # True: objects may overlap; the occluded parts leave the masks
+    "min_visible": 0.5,  # with overlap: an object must keep this share of its pixels visible
+    "objects_dir": "",  # RGBA cut-outs, OBJECTS_DIR/<class>/*.png; replaces the procedural objects
+    "backgrounds_dir": "",  # photos to crop backgrounds from; replaces the procedural textures
+    "noise": 0.03,  # largest sensor-noise sigma (images in [0, 1])
+}
+MAX_PLACEMENT_TRIES = 30
+
+
+def scene_classes(params: dict[str, Any]) -> list[str]:
+    """Class names in label order: the cut-out folders when objects_dir is set, else `classes`."""
+    if params["objects_dir"]:
+        return sorted(cutouts(params["objects_dir"]))
+    names = [name.strip() for name in str(params["classes"]).split(",") if name.strip()]
+    unknown = [name for name in names if name not in _SCENE_OUTLINES]
+    if not names or unknown:
+        raise RaycvError(f"invalid classes={params['classes']!r}: expected a comma-separated subset of "
+                         f"{', '.join(SCENE_CLASSES)} (or --param objects_dir=DIR with cut-outs)")
+    return names
+
+
+def validate_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Check every scene parameter in the driver, before any Ray task runs; returns the dataset meta."""
+    checks = [
+        (int(params["image_size"]) >= 32, "image_size", ">= 32"),
+        (1 <= int(params["min_objects"]) <= int(params["max_objects"]) <= 255, "max_objects",
+         "1 <= min_objects <= max_objects <= 255"),
+        (0 < float(params["min_scale"]) <= float(params["max_scale"]) <= 1, "max_scale",
+         "0 < min_scale <= max_scale <= 1"),
+        (0 < float(params["min_visible"]) <= 1, "min_visible", "in (0, 1]"),
+        (float(params["noise"]) >= 0, "noise", ">= 0"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise RaycvError(f"invalid scene parameter {key}={params[key]!r}: expected {expected}")
+    if params["backgrounds_dir"]:
+        background_files(params["backgrounds_dir"])
+    size = int(params["image_size"])
+    return {"classes": scene_classes(params), "image_size": [size, size], "max_objects": int(params["max_objects"])}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources: procedural or from folders. Folder listings and cut-outs are cached per worker process.
+# ---------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def background_files(folder: str) -> tuple[str, ...]:
+    return tuple(image_files(folder, "backgrounds_dir"))
+
+
+@lru_cache(maxsize=4)
+def cutouts(folder: str) -> dict[str, tuple[np.ndarray, ...]]:
+    """RGBA cut-outs by class from OBJECTS_DIR/<class>/*.png, each cropped to its opaque pixels."""
+    if not os.path.isdir(folder):
+        raise RaycvError(f"objects_dir {folder} is not a folder")
+    by_class = {}
+    for class_name in sorted(os.listdir(folder)):
+        class_dir = os.path.join(folder, class_name)
+        if not os.path.isdir(class_dir):
+            continue
+        sprites = []
+        for path in image_files(class_dir, "objects_dir class folder"):
+            with Image.open(path) as image:
+                if "A" not in image.getbands() and "transparency" not in image.info:
+                    raise RaycvError(f"object cut-out {path} has no alpha channel: save it as an RGBA PNG "
+                                     "whose transparent pixels are the background")
+                rgba = np.asarray(image.convert("RGBA"))
+            rows, cols = np.nonzero(rgba[..., 3] >= 128)
+            if len(rows) == 0:
+                raise RaycvError(f"object cut-out {path} is fully transparent")
+            sprites.append(rgba[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+        if sprites:
+            by_class[class_name] = tuple(sprites)
+    if not by_class:
+        raise RaycvError(f"objects_dir {folder} has no class subfolders with RGBA PNGs ({folder}/<class>/*.png)")
+    return by_class
+
+
+def photo_background(rng: np.random.Generator, folder: str, size: int) -> np.ndarray:
+    """A random square crop (at least half the photo's shorter side) resized to size x size, in [0, 1]."""
+    files = background_files(folder)
+    with Image.open(files[rng.integers(len(files))]) as photo:
+        photo = photo.convert("RGB")
+        side = int(min(photo.size) * rng.uniform(0.5, 1.0))
+        left = int(rng.integers(0, photo.width - side + 1))
+        top = int(rng.integers(0, photo.height - side + 1))
+        crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+    return np.asarray(crop, dtype=np.float64) / 255.0
+
+
+def procedural_object(rng: np.random.Generator, class_name: str, size: int, extent: float,
+                      center: np.ndarray, avoid: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, colour image) of a silhouette whose longer side is about `extent` pixels."""
+    outline = _SCENE_OUTLINES[class_name]
+    if outline is None:
+        sides = int(rng.integers(5, 8))
+        angles = np.sort(rng.uniform(0, 2 * np.pi / sides, sides) * 0.5 + np.arange(sides) * 2 * np.pi / sides)
+        outline = procedural.normalise_outline([(np.stack([np.cos(angles), np.sin(angles)], axis=1), True)])
+    polygons = procedural.place_outline(outline, center, extent / 2, rng.uniform(0, 2 * np.pi), rng.uniform(0.85, 1.15))
+    alpha = procedural.rasterize_polygons(polygons, size)
+    color = procedural.contrasting_color(rng, avoid, procedural.MIN_FOREGROUND_CONTRAST)
+    shading = procedural.colorize(procedural.linear_gradient(rng, size), color,
+                                  procedural.nearby_color(rng, color, 0.2))
+    return alpha, shading
+
+
+def cutout_object(rng: np.random.Generator, sprite: np.ndarray, size: int, extent: float,
+                  center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, colour image) of an RGBA cut-out resized so its longer side is `extent` pixels."""
+    scale = extent / max(sprite.shape[:2])
+    height, width = max(1, round(sprite.shape[0] * scale)), max(1, round(sprite.shape[1] * scale))
+    resized = np.asarray(Image.fromarray(sprite).resize((width, height), Image.BILINEAR), dtype=np.float64) / 255.0
+    top, left = int(round(center[1] - height / 2)), int(round(center[0] - width / 2))
+    alpha, color = np.zeros((size, size)), np.zeros((size, size, 3))
+    # Clip the paste window to the canvas (the centre keeps objects mostly inside anyway).
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + height, size), min(left + width, size)
+    alpha[y0:y1, x0:x1] = resized[y0 - top:y1 - top, x0 - left:x1 - left, 3]
+    color[y0:y1, x0:x1] = resized[y0 - top:y1 - top, x0 - left:x1 - left, :3]
+    return alpha, color
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scene.
+# ---------------------------------------------------------------------------------------------------
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    """COCO [x, y, width, height] of a boolean mask: pixel (i, j) spans [j, j + 1) x [i, i + 1)."""
+    rows, cols = np.nonzero(mask)
+    return [float(cols.min()), float(rows.min()), float(cols.max() + 1 - cols.min()), float(rows.max() + 1 - rows.min())]
+
+
+def boxes_overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def composite_scene(rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+    """One stored scene row: image PNG, instance-map PNG, and COCO annotations JSON (category_id is the
+    class index + 1). Deterministic: the same generator state gives byte-identical output."""
+    size = int(params["image_size"])
+    classes = scene_classes(params)
+    if params["backgrounds_dir"]:
+        image = photo_background(rng, params["backgrounds_dir"], size)
+        avoid = [image.reshape(-1, 3).mean(axis=0)]
+    else:
+        image, avoid = procedural.random_background(rng, size)
+        avoid = list(avoid)
+        for _ in range(rng.integers(0, 4)):  # distractor strokes and blobs, which are not objects
+            alpha, color = procedural.random_clutter(rng, size)
+            image = procedural.composite(image, alpha, color)
+
+    instances = np.zeros((size, size), dtype=np.uint8)
+    labels: list[int] = []
+    boxes: list[list[float]] = []
+    for _ in range(int(rng.integers(int(params["min_objects"]), int(params["max_objects"]) + 1))):
+        for _ in range(MAX_PLACEMENT_TRIES):
+            label = int(rng.integers(len(classes)))
+            extent = rng.uniform(float(params["min_scale"]), float(params["max_scale"])) * size
+            center = rng.uniform(extent / 2, size - extent / 2, 2)
+            if params["objects_dir"]:
+                sprites = cutouts(params["objects_dir"])[classes[label]]
+                alpha, color = cutout_object(rng, sprites[rng.integers(len(sprites))], size, extent, center)
+            else:
+                alpha, color = procedural_object(rng, classes[label], size, extent, center, avoid)
+            solid = alpha >= 0.5
+            if not solid.any():
+                continue
+            if not params["overlap"]:
+                if any(boxes_overlap(mask_box(solid), box) for box in boxes):
+                    continue
+            else:
+                covered = np.bincount(instances[solid], minlength=len(labels) + 1)[1:]
+                before = np.bincount(instances.ravel(), minlength=len(labels) + 1)[1:]
+                if np.any(before - covered < float(params["min_visible"]) * np.maximum(before, 1)):
+                    continue
+            image = procedural.composite(image, alpha, color)
+            instances[solid] = len(labels) + 1
+            labels.append(label)
+            boxes.append(mask_box(solid))
+            break
+
+    image = procedural.add_gaussian_noise(rng, image, rng.uniform(0.0, float(params["noise"])))
+    annotations = []
+    for index, label in enumerate(labels):
+        visible = instances == index + 1
+        annotations.append({"bbox": mask_box(visible), "category_id": label + 1, "area": int(visible.sum()),
+                            "iscrowd": 0, "segmentation": encode_rle(visible)})
+    return {"image": encode_png(procedural.to_uint8(image)), "mask": encode_png(instances),
+            "annotations": json.dumps(annotations)}
+
+
+def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Stored scene rows to training arrays at the dataset's input size: image (B, S, S, 3) uint8,
+    semantic (B, S, S) uint8 (class index + 1, 0 = background), boxes (B, M, 4) float32 xyxy in pixels
+    and labels (B, M) int64 (class index), padded with -1 up to M = meta["max_objects"]."""
+    from raycv.data.images import decode_image
+
+    side = int(meta["image_size"][0])
+    slots = int(meta["max_objects"])
+    images, semantics = [], []
+    boxes = np.full((len(batch["image"]), slots, 4), -1.0, dtype=np.float32)
+    labels = np.full((len(batch["image"]), slots), -1, dtype=np.int64)
+    for row, (image_bytes, mask_bytes, annotations) in enumerate(zip(batch["image"], batch["mask"], batch["annotations"])):
+        image = Image.fromarray(decode_image(image_bytes))
+        instances = Image.fromarray(decode_image(mask_bytes, mode="L"))
+        scale_x, scale_y = side / image.width, side / image.height
+        if image.size != (side, side):
+            image = image.resize((side, side), Image.BILINEAR)
+            instances = instances.resize((side, side), Image.NEAREST)
+        objects = json.loads(annotations)
+        classes = np.zeros(len(objects) + 1, dtype=np.uint8)
+        for index, annotation in enumerate(objects):
+            x, y, w, h = annotation["bbox"]
+            boxes[row, index] = (x * scale_x, y * scale_y, (x + w) * scale_x, (y + h) * scale_y)
+            labels[row, index] = annotation["category_id"] - 1
+            classes[index + 1] = annotation["category_id"]
+        images.append(np.asarray(image))
+        semantics.append(classes[np.asarray(instances)])
+    return {"image": np.stack(images), "semantic": np.stack(semantics), "boxes": boxes, "labels": labels}
+
+
+class SceneData:
+    """The data half of the Task interface, shared by every task trained on composited scenes
+    (detect, segment): synthesis, the COCO reader and the COCO JSON written beside each split."""
+
+    synth_defaults = SCENE_DEFAULTS
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        return validate_params(params)
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        return composite_scene(rng, params)
+
+    def read(self, path: str):
+        from raycv.data import coco
+
+        if not coco.is_coco(path):
+            raise RaycvError(f"{path} is neither a raycv scene dataset (no manifest.json) nor a COCO dataset "
+                             "(annotations/train.json and annotations/val.json)")
+        return coco.read_coco(path)
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        return decode_scenes(batch, meta)
+
+    def export_split(self, dataset_dir: str, split: str, meta: dict[str, Any]) -> None:
+        from raycv.data import coco
+
+        coco.write_split_annotations(dataset_dir, split, meta)
