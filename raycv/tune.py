@@ -136,6 +136,8 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
         raise RaycvError(f"every trial of sweep {name} failed: {rows}")
     scored.sort(key=lambda row: row[metric], reverse=task.metric_mode == "max")
     rows = scored + [row for row in rows if metric not in row]
+    for row in scored:
+        row["latency_ms_b1"] = checkpoint_latency_ms(task, row["checkpoint"], meta)
     best = scored[0]
     best_config = {**base.to_dict(), **{key: best[key] for key in space}}
     storage.copy_dir(best["checkpoint"], storage.join(path, BEST_CHECKPOINT))
@@ -146,29 +148,51 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
     return SweepResult(path, rows, best_config, storage.join(path, BEST_CHECKPOINT))
 
 
+def checkpoint_latency_ms(task: Task, path: str, meta: dict[str, Any], runs: int = 20) -> float:
+    """CPU latency of one image through a trial's best model, measured in the driver one trial at a
+    time, so every trial is timed on the same quiet cores."""
+    import numpy as np
+    import torch
+
+    from raycv.checkpoint import load_model
+    from raycv.compress import measure_latency_ms
+
+    loaded = load_model(path, task.name, torch.device("cpu"))
+    height, width = meta["image_size"]
+    example = task.preprocess([np.zeros((height, width, 3), dtype=np.uint8)], meta)
+    return round(measure_latency_ms(loaded.model, example, runs), 3)
+
+
+def pareto_front(points: list[tuple[float, float]], higher_x_is_better: bool) -> list[tuple[float, float]]:
+    """The points no other point beats on both the x axis and the metric (y, higher is better)."""
+    ordered = sorted(points, key=lambda p: (-p[0] if higher_x_is_better else p[0], -p[1]))
+    front, best_so_far = [], float("-inf")
+    for x, y in ordered:  # walking from the best x towards the worst, keep each one that improves y
+        if y > best_so_far:
+            front.append((x, y))
+            best_so_far = y
+    return sorted(front)
+
+
 def tradeoff_png(rows: list[dict[str, Any]], space: dict[str, Any], metric: str) -> bytes:
-    """The metric against sparsity (or the first swept key), with the Pareto front: the trials no
-    other trial beats on both the metric and the x axis (higher sparsity is better)."""
+    """Two panels with their Pareto fronts: the metric against sparsity (or the first swept key;
+    higher sparsity is better) and against CPU latency at batch 1 (lower is better)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x_key = "sparsity" if "sparsity" in space else next(iter(space))
-    points = sorted(((float(row[x_key]), float(row[metric])) for row in rows), key=lambda p: (-p[0], -p[1]))
-    front, best_so_far = [], float("-inf")
-    for x, y in points:  # walking from the sparsest model down, keep each one that improves the metric
-        if y > best_so_far:
-            front.append((x, y))
-            best_so_far = y
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.scatter(*zip(*points), label="trials", alpha=0.6)
-    axis.plot(*zip(*sorted(front)), color="tab:red", marker="o", label="Pareto front")
-    axis.set(xlabel=x_key, ylabel=metric, title=f"{metric} vs {x_key}")
-    if x_key == "lr":
-        axis.set_xscale("log")
-    axis.grid(alpha=0.3)
-    axis.legend()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, higher_is_better in ((axes[0], x_key, x_key == "sparsity"), (axes[1], "latency_ms_b1", False)):
+        points = [(float(row[key]), float(row[metric])) for row in rows]
+        axis.scatter(*zip(*points), label="trials", alpha=0.6)
+        axis.plot(*zip(*pareto_front(points, higher_is_better)), color="tab:red", marker="o", label="Pareto front")
+        axis.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
+        if key == "lr":
+            axis.set_xscale("log")
+        axis.grid(alpha=0.3)
+        axis.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

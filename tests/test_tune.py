@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from raycv.checkpoint import load_model
 from raycv.errors import RaycvError
 from raycv.sparsity import measured_sparsity
 from raycv.tasks import get_task
-from raycv.tune import parse_space, sweep
+from raycv.tune import pareto_front, parse_space, sweep
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,8 @@ def test_sweep_ranks_trials_and_keeps_the_best_checkpoint(lr_sparsity_sweep):
     assert len(rows) == 4
     assert rows[0]["lr"] == 0.003  # a sane learning rate wins
     assert rows[0]["val_accuracy"] > max(row["val_accuracy"] for row in rows if row["lr"] == 30.0)
+    assert all(row["latency_ms_b1"] > 0 for row in rows)
+    assert os.path.getsize(os.path.join(lr_sparsity_sweep.path, "tradeoff.png")) > 10_000
     loaded = load_model(lr_sparsity_sweep.best_checkpoint, "classify")
     with torch.no_grad():
         assert loaded.model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
@@ -54,3 +58,10 @@ def test_bad_search_spaces_are_refused():
         parse_space(["learning_rate=loguniform:1e-4:1e-1"], base)
     with pytest.raises(RaycvError, match="LOW < HIGH"):
         parse_space(["lr=loguniform:1e-1:1e-4"], base)
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    points = [(0.5, 0.90), (0.7, 0.92), (0.9, 0.85), (0.7, 0.80), (0.5, 0.95)]
+    assert pareto_front(points, higher_x_is_better=True) == [(0.5, 0.95), (0.7, 0.92), (0.9, 0.85)]
+    latencies = [(3.0, 0.95), (1.0, 0.90), (2.0, 0.85), (1.0, 0.70)]
+    assert pareto_front(latencies, higher_x_is_better=False) == [(1.0, 0.90), (3.0, 0.95)]

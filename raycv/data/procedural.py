@@ -142,6 +142,20 @@ def rasterize_polygons(polygons: Sequence[Polygon], size: int, supersample: int 
     return np.asarray(canvas.reduce(supersample), dtype=np.float64) * (1.0 / 255.0)
 
 
+def rasterize_polygons_into(polygons: Sequence[Polygon], size: int) -> np.ndarray:
+    """`rasterize_polygons` on a (size, size) canvas, drawing only the polygons' bounding window: the
+    same coverage for a small object on a large image at a fraction of the cost."""
+    points = np.concatenate([points for points, _ in polygons])
+    x0, y0 = np.clip(np.floor(points.min(axis=0)).astype(int) - 1, 0, size)
+    x1, y1 = np.clip(np.ceil(points.max(axis=0)).astype(int) + 1, 0, size)
+    alpha = np.zeros((size, size))
+    side = max(x1 - x0, y1 - y0)
+    if side > 0:
+        window = rasterize_polygons([(p - (x0, y0), additive) for p, additive in polygons], side)
+        alpha[y0:y1, x0:x1] = window[:y1 - y0, :x1 - x0]
+    return alpha
+
+
 # ---------------------------------------------------------------------------------------------------
 # Scalar fields in [0, 1], the raw material of backgrounds and shading.
 # ---------------------------------------------------------------------------------------------------
