@@ -35,7 +35,7 @@ from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
 from raycv import checkpoint
-from raycv.config import TrainConfig
+from raycv.config import TrainConfig, option
 from raycv.errors import RaycvError
 from raycv.sparsity import PRUNABLE, measured_sparsity, plain_state_dict, prunable_weights
 from raycv.tasks import Task
@@ -46,22 +46,22 @@ CRITERIA = ("l1", "bn")
 
 @dataclass
 class CompressOptions:
-    sparsities: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)  # global sparsity levels, reached in order
-    finetune_epochs: int = 1  # after each sparsity step and after channel pruning
-    finetune_steps: int = 0  # cap on steps in every fine-tune epoch, sparse and channel (a random subset); 0: all
-    lr: float | None = None  # fine-tuning learning rate (cosine decay); None: 0.3 x the checkpoint's
-    batch_size: int = 128
-    channel_ratio: float = 0.7  # share of channels removed from every prunable layer (params shrink ~ (1-r)^2)
-    channel_steps: int = 3  # remove the channels in this many rounds, fine-tuning after each
-    channel_finetune_epochs: int = 6  # spread over the rounds: removing channels changes more than a mask does
-    criterion: str = "l1"  # channel importance: "l1" (filter weight norm) or "bn" (BatchNorm scale)
-    calibration_batches: int = 16  # training batches that calibrate the int8 observers
-    threads: int = 0  # torch / onnxruntime threads for the whole run, latencies included; 0: torch's default
-    latency_runs: int = 20  # timed runs per measurement (the median is reported)
-    latency_batches: tuple[int, ...] = (1, 64)
-    stages: tuple[str, ...] = ("sparse", "channels", "int8", "export")  # the dense row always comes first
-    parity_tolerance: float = 1e-4
-    seed: int = 0
+    sparsities: tuple[float, ...] = option((0.5, 0.6, 0.7, 0.8, 0.9), "global sparsity levels, reached in order")
+    finetune_epochs: int = option(1, "fine-tuning epochs after each sparsity step")
+    finetune_steps: int = option(0, "cap on steps in every fine-tune epoch, sparse and channel (a random subset); 0: all")
+    lr: float | None = option(None, "fine-tuning learning rate (cosine decay); None: 0.3 x the checkpoint's")
+    batch_size: int = option(128, "fine-tuning and calibration batch size")
+    channel_ratio: float = option(0.7, "share of channels removed from every prunable layer (params shrink ~ (1-r)^2)")
+    channel_steps: int = option(3, "remove the channels in this many rounds, fine-tuning after each")
+    channel_finetune_epochs: int = option(6, "fine-tuning epochs after channel pruning, spread over the rounds (removing channels changes more than a mask does)")
+    criterion: str = option("l1", "channel importance: \"l1\" (filter weight norm) or \"bn\" (BatchNorm scale)")
+    calibration_batches: int = option(16, "training batches that calibrate the int8 observers")
+    threads: int = option(0, "torch / onnxruntime threads for the whole run, latencies included; 0: torch's default")
+    latency_runs: int = option(20, "timed runs per measurement (the median is reported)")
+    latency_batches: tuple[int, ...] = option((1, 64), "batch sizes to time on CPU")
+    stages: tuple[str, ...] = option(("sparse", "channels", "int8", "export"), "stages to run (the dense row always comes first)")
+    parity_tolerance: float = option(1e-4, "largest allowed |difference| between exported and PyTorch outputs")
+    seed: int = option(0, "random seed for fine-tuning")
 
     def validate(self) -> "CompressOptions":
         valid_stages = ("sparse", "channels", "int8", "export")
