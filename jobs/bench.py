@@ -1,6 +1,9 @@
 """raycv benchmarks: `python jobs/bench.py [SECTION ...] [--quick] [--gpu] [--out bench.json]`.
 
 Sections:
+  synth   composited 300x300 detection scenes (the book's size) per second through the Ray Data
+          synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU: scenes/s
+          per core and the parallel efficiency rate(N) / (N * rate(1)).
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
           PyTorch loop with the same model, batch, precision, device and training step, in one run.
   serve   req/s and p50/p99 latency at concurrency 1, 8 and 32 of (a) raycv's Serve app with dynamic
@@ -187,7 +190,30 @@ def bench_predict(args, workdir: str) -> list[dict]:
              "actors": 2}]
 
 
-SECTIONS = {"train": bench_train, "serve": bench_serve, "predict": bench_predict}
+def bench_synth(args, workdir: str) -> list[dict]:
+    import ray
+
+    from raycv.data.synth import synthesize
+    from raycv.tasks import get_task
+
+    task = get_task("detect")
+    count = 2_000 if args.quick else 20_000
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    params = {"image_size": 300, "min_objects": 1, "max_objects": 3}
+    synthesize(task, str(Path(workdir) / "synth-warmup"), {"train": 64}, params=params)  # start worker processes
+    rows = []
+    for workers in sorted({1, cpus}):
+        started = time.perf_counter()
+        synthesize(task, str(Path(workdir) / f"synth-{workers}"), {"train": count}, params=params, workers=workers)
+        rate = count / (time.perf_counter() - started)
+        rows.append({"workers": workers, "scenes": count, "scenes_per_s": round(rate, 1),
+                     "scenes_per_s_per_core": round(rate / workers, 1)})
+    for row in rows:
+        row["parallel_efficiency"] = round(row["scenes_per_s"] / (row["workers"] * rows[0]["scenes_per_s"]), 3)
+    return rows
+
+
+SECTIONS = {"synth": bench_synth, "train": bench_train, "serve": bench_serve, "predict": bench_predict}
 
 
 def main() -> None:

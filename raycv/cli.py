@@ -4,6 +4,7 @@
     raycv classify train   --data data/classify --epochs 15 --workers 2 [--gpu]
     raycv classify eval    --checkpoint runs/classify/train/checkpoint_... --data data/classify
     raycv classify predict --checkpoint ... image1.png image2.png
+    raycv segment danmu    --checkpoint ... --image in.png --text "hi" --out out.png   # a task's own verb
 
 Training options come from TrainConfig, so every config field is a flag (--batch-size, --lr, ...).
 User errors print one line and exit with status 2; Ray connects to RAY_ADDRESS when it is set
@@ -62,7 +63,7 @@ def add_compress_flags(parser: argparse.ArgumentParser) -> None:
         else:
             kind, shown = (float if default is None else type(default)), default
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind, default=default,
-                            help=f"(default: {shown})")
+                            help=f"{field.metadata.get('help', '')} (default: {shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                 flags.append("--target-ongoing")
             serve_parser.add_argument(*flags, dest=field.name, type=type(field.default), default=field.default,
                                       help=f"{field.metadata.get('help', '')} (default: {field.default})", **extra)
+
+        # Verbs only this task has (Task.cli_verbs); argparse refuses one that repeats a common verb.
+        for verb, (add_arguments, run_verb) in getattr(get_task(task_name), "cli_verbs", {}).items():
+            add_arguments(verbs.add_parser(verb, help=(run_verb.__doc__ or verb).strip().splitlines()[0]))
     return parser
 
 
@@ -166,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     from raycv.report import table
 
     task = get_task(args.task)
+    task_verbs = getattr(task, "cli_verbs", {})
+    if args.verb in task_verbs:
+        return task_verbs[args.verb][1](args)
     if args.verb == "synth":
         from raycv.data.synth import synthesize
 

@@ -43,11 +43,8 @@ def read_image_files(paths: list[str]) -> list[np.ndarray]:
     for path in paths:
         if not storage.exists(path):
             raise RaycvError(f"image not found: {path}")
-        fs, inner = storage.resolve(path)
-        with fs.open_input_stream(inner) as stream:
-            data = stream.read()
         try:
-            images.append(decode_image(data))
+            images.append(decode_image(storage.read_bytes(path)))
         except ValueError as error:
             raise RaycvError(f"cannot read image {path}: {error}") from None
     return images

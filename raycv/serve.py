@@ -6,7 +6,10 @@
 Endpoints (FastAPI; OpenAPI docs at /docs):
     POST /v1/{task}/predict   an image as the raw body (image/png, image/jpeg, ...), as multipart form
                               field `image`, or JSON {"images": [base64, ...]}; answers JSON
-    GET  /v1/models           what is served: task, checkpoint, classes, input size
+    POST /v1/{task}/{route}   a task's own route (Task.routes, e.g. /v1/segment/danmu?text=hi): one
+                              image sent as for predict, options as query parameters; answers JSON,
+                              or an image/png when the route returns PNG bytes
+    GET  /v1/models           what is served: task, checkpoint, classes, input size, routes
     GET  /healthz
 
 Requests are decoded and validated in the ingress handler, so bad input is answered with a 4xx and
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from raycv.data.images import ImageTooLarge, decode_image
@@ -79,15 +82,45 @@ class ModelServer:
         return {"task": meta["task"], "checkpoint": self.loaded.path, "model": meta["config"]["model"],
                 "width": meta["config"]["width"], "epoch": meta["epoch"], "classes": meta["dataset"].get("classes"),
                 "input_size": meta["dataset"].get("image_size"), "device": str(self.device),
+                "routes": ["predict", *getattr(self.loaded.task, "routes", {})],
                 "batch_size": self.options.batch_size, "batch_wait_ms": self.options.batch_wait_ms}
 
     @api.post("/v1/{task}/predict")
     async def predict(self, task: str, request: Request) -> JSONResponse:
-        if task != self.loaded.task.name:
-            raise error(404, f"this app serves task {self.loaded.task.name!r}, not {task!r}")
+        self.check_task(task)
         images = await self.read_images(request)
         answers = await asyncio.gather(*(self.predict_batch(image) for image in images))
         return JSONResponse({"task": task, "predictions": answers})
+
+    @api.post("/v1/{task}/{route}")
+    async def task_route(self, task: str, route: str, request: Request) -> Response:
+        """A task's own route: the query is checked first (a bad one never reaches the model), the image
+        goes through the same decoding and batched prediction as /predict, and the route's respond
+        function turns image and answer into the response."""
+        self.check_task(task)
+        routes = getattr(self.loaded.task, "routes", {})
+        if route not in routes:
+            raise error(404, f"task {task!r} has no route {route!r}; routes: {', '.join(['predict', *routes])}")
+        parse_query, respond = routes[route]
+        try:
+            options = parse_query({key: request.query_params.getlist(key) for key in request.query_params})
+        except RaycvError as problem:
+            raise error(422, str(problem)) from None
+        images = await self.read_images(request)
+        if len(images) != 1:
+            raise error(422, f"/v1/{task}/{route} takes one image per request, got {len(images)}")
+        answer = await self.predict_batch(images[0])
+        try:
+            result = await asyncio.to_thread(respond, images[0], answer, **options)
+        except RaycvError as problem:
+            raise error(422, str(problem)) from None
+        if isinstance(result, bytes):
+            return Response(result, media_type="image/png")
+        return JSONResponse(result)
+
+    def check_task(self, task: str) -> None:
+        if task != self.loaded.task.name:
+            raise error(404, f"this app serves task {self.loaded.task.name!r}, not {task!r}")
 
     async def read_images(self, request: Request) -> list[np.ndarray]:
         limit = int(self.options.max_body_mb * 1024 * 1024)

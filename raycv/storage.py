@@ -47,10 +47,14 @@ def list_dir(path: str) -> list[str]:
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(inner)))
 
 
-def read_text(path: str) -> str:
+def read_bytes(path: str) -> bytes:
     fs, inner = resolve(path)
     with fs.open_input_stream(inner) as stream:
-        return stream.read().decode()
+        return stream.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode()
 
 
 def write_text(path: str, text: str) -> None:

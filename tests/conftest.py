@@ -51,3 +51,18 @@ def ddp_run(classify_data, workdir):
     task = get_task("classify")
     cfg = task.default_config().replace(epochs=4, workers=2, storage=str(workdir / "runs"), name="ddp", **TINY)
     return fit(task, cfg, classify_data)
+
+
+def train_steps(task, model, batch, cfg, steps: int, lr: float = 3e-3) -> list[float]:
+    """`steps` AdamW steps of the task's loss on one batch, in-process (no Ray); the losses seen."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = task.loss(model, batch, cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_steps
+
 from raycv.config import TrainConfig
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
@@ -49,12 +51,8 @@ def test_training_steps_raise_the_iou_and_flips_keep_boxes_right():
         return TASK.evaluate(model, [batch], {})["iou"]
 
     before = mean_iou()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(40):
-        optimizer.zero_grad()
-        TASK.loss(model, batch, cfg).backward()
-        optimizer.step()
+    train_steps(TASK, model, batch, cfg, 40)
     assert mean_iou() > before + 0.2
 
 

@@ -8,8 +8,12 @@ from raycv.errors import RaycvError
 from raycv.tasks.base import Task
 
 TASK_MODULES = {
+    "captcha": "raycv.tasks.captcha",
+    "textrec": "raycv.tasks.textrec",
     "classify": "raycv.tasks.classify",
+    "detect": "raycv.tasks.detect",
     "boxreg": "raycv.tasks.boxreg",
+    "segment": "raycv.tasks.segment",
 }
 
 

@@ -6,6 +6,20 @@ data/synth.py, serve.py, ...) only ever calls them, so adding a task is adding a
 Data conventions. Stored rows (Parquet) hold images as PNG bytes plus label columns. `decode` turns a
 batch of stored rows into numpy arrays (images as uint8 NHWC); it runs inside Ray Data. Training and
 evaluation receive those arrays as torch tensors already on the worker's device.
+
+Optional extras, each a plain dict on the task object that the generic machinery reads with
+getattr(task, ..., {}) and knows nothing else about:
+
+- `cli_verbs = {"VERB": (add_arguments, run)}`: `raycv TASK VERB` for this task only. cli.py calls
+  `add_arguments(subparser)` to declare the flags and `run(args) -> exit status` to run it; the first
+  line of run's docstring is the verb's --help. Example: `raycv segment danmu`.
+- `routes = {"ROUTE": (parse_query, respond)}`: POST /v1/TASK/ROUTE on the Serve app. serve.py calls
+  `parse_query({name: [values, ...]})` with the query parameters and answers 422 with the message of
+  a RaycvError it raises, before any model work; then it decodes and validates the one request image
+  exactly as /predict does (same 4xx), runs it through the same batched prediction, and answers
+  `respond(image, answer, **options)`: JSON for a JSON-able value, image/png for bytes (a RaycvError
+  here is a 422 too). `answer` is the task's postprocess output for the image. Example:
+  /v1/segment/danmu?text=hello.
 """
 
 from __future__ import annotations

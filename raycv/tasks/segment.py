@@ -1,0 +1,325 @@
+"""Semantic segmentation (textbook chapter 6.1-6.5): a UNet on a ResNet-18 encoder with LinkNet's
+decoder, trained on composited scenes (the masks detect uses, kept as PNG), and the book's "danmu"
+demo: scrolling comments drawn behind the people (here, the objects) in a picture.
+
+Labels are per-pixel class maps: 0 is background, i is class i - 1 of the dataset. The model predicts
+num_classes + 1 channels. Metrics come from one confusion matrix accumulated over the whole split
+(torchmetrics, so DDP workers' shards are summed):
+
+    foreground_iou  IoU of "any object" against background (the ranking metric)
+    miou            mean IoU over the classes, background included
+    dice            mean Dice (F1) over the same classes
+    loss            the class-weighted cross-entropy term of the training loss
+
+Extras beyond the Task protocol: `raycv segment danmu` (CLI) and POST /v1/segment/danmu (Serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from functools import lru_cache
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import torch
+import torchmetrics
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.scenes import SceneData
+from raycv.errors import RaycvError
+from raycv.models.common import Normalized
+from raycv.models.unet import INPUT_MULTIPLE, UNet
+
+MODELS = {"unet_resnet18": UNet}
+# ImageNet statistics, what a ResNet encoder expects (and what pretrained weights would need).
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The book's class weights: background pixels outnumber object pixels several times over, and an
+# unweighted loss settles for shrunken masks.
+BACKGROUND_WEIGHT = 0.3
+DICE_WEIGHT = 1.0  # cfg.extra["dice_weight"] overrides; 0 trains on cross-entropy alone
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses and metrics.
+# ---------------------------------------------------------------------------------------------------
+
+
+def class_weights(num_outputs: int, device: torch.device) -> torch.Tensor:
+    weights = torch.ones(num_outputs, device=device)
+    weights[0] = BACKGROUND_WEIGHT
+    return weights
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, target, weight=class_weights(logits.shape[1], logits.device))
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - mean soft Dice of the object classes over the whole batch. Dice scores each class by its
+    overlap whatever its pixel count, so a rare class weighs as much as a common one."""
+    probabilities = logits.softmax(dim=1)[:, 1:]
+    one_hot = nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probabilities.dtype)
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    total = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
+
+
+def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
+    """foreground_iou, miou and dice from a (target, prediction) confusion matrix; class 0 is background.
+    Classes absent from both targets and predictions are left out of the means."""
+    confusion = confusion.double()
+    true_positive = confusion.diag()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    union = predicted + actual - true_positive
+    present = union > 0
+    iou = true_positive[present] / union[present]
+    dice = 2 * true_positive[present] / (predicted + actual)[present]
+    foreground_hit = confusion[1:, 1:].sum()  # an object pixel called any object class
+    foreground_union = confusion.sum() - confusion[0, 0]
+    return {"foreground_iou": float(foreground_hit / foreground_union) if foreground_union > 0 else 1.0,
+            "miou": float(iou.mean()), "dice": float(dice.mean())}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks in and out.
+# ---------------------------------------------------------------------------------------------------
+
+
+def resize_image(image: np.ndarray, side: int) -> np.ndarray:
+    """PIL bilinear, the resize the scene decoder applies to stored images, so served and trained
+    inputs of the same picture are the same pixels."""
+    if image.shape[:2] == (side, side):
+        return image
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+
+
+def mask_polygons(class_map: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """Outlines of each class's regions in (x, y) pixels; the outlines of holes (a ring's inside) have
+    "hole": true."""
+    polygons = []
+    for index, name in enumerate(names):
+        region = (class_map == index + 1).astype(np.uint8)
+        if not region.any():
+            continue
+        contours, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+            if len(contour) >= 3:  # fewer points enclose no area
+                polygons.append({"class": name, "points": contour[:, 0, :].tolist(), "hole": bool(parent >= 0)})
+    return polygons
+
+
+def class_map_from_answer(answer: dict[str, Any]) -> np.ndarray:
+    """The (height, width) uint8 class map a prediction answer carries as base64 PNG."""
+    return decode_image(base64.b64decode(answer["mask_png"]), mode="L")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Danmu (chapter 6.5): comments scrolling across a picture, passing behind its foreground.
+# ---------------------------------------------------------------------------------------------------
+
+# CJK fonts first: danmu comments are often Chinese, and these cover Latin text too.
+FONT_NAMES = ("NotoSansCJK-Regular.ttc", "wqy-microhei.ttc", "DejaVuSans-Bold.ttf", "DejaVuSans.ttf")
+
+
+@lru_cache(maxsize=16)
+def danmu_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A TrueType font found offline: from the system font folders or matplotlib's DejaVu, else
+    Pillow's bundled default (scalable too, since Pillow 10.1)."""
+    candidates = list(FONT_NAMES)
+    try:
+        import matplotlib
+
+        candidates += [f"{matplotlib.get_data_path()}/fonts/ttf/{name}" for name in FONT_NAMES]
+    except ImportError:
+        pass
+    for candidate in candidates:
+        try:
+            return ImageFont.truetype(candidate, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size)
+
+
+def draw_danmu(image: np.ndarray, foreground: np.ndarray, texts: list[str], offset: float = 0.0,
+               seed: int = 0) -> np.ndarray:
+    """`image` (H, W, 3 uint8) with `texts` drawn as scrolling comments on its background only.
+
+    Comment i runs in lane (row) i modulo the lanes that fit, with a colour, start and speed drawn from
+    `seed`; `offset` is the time step, so frames at offset 0, 1, 2, ... scroll the comments from right to
+    left. Text is painted on a transparent layer, then the foreground pixels are copied back: the
+    comments pass behind the objects.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise RaycvError(f"draw_danmu needs an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    if foreground.shape != image.shape[:2]:
+        raise RaycvError(f"foreground mask of shape {foreground.shape} does not match the image's {image.shape[:2]}")
+    texts = [text for text in texts if text.strip()]
+    if not texts:
+        raise RaycvError("no comment text given: pass at least one non-empty text")
+    height, width = image.shape[:2]
+    rng = np.random.default_rng(seed)
+    font_size = max(10, height // 14)
+    font = danmu_font(font_size)
+    line_height = int(font_size * 1.4)
+    lanes = max(1, (height - line_height // 2) // line_height)
+    layer = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    stroke = max(1, line_height // 12)
+    for index, text in enumerate(texts):
+        lane = index % lanes
+        text_width = int(draw.textlength(text, font=font)) + 2 * stroke
+        track = width + text_width  # a comment enters at the right edge and leaves past the left one
+        speed = rng.uniform(2.0, 5.0)
+        x = width - (rng.uniform(0, track) + offset * speed) % track
+        y = line_height // 4 + lane * line_height
+        color = tuple(int(c) for c in rng.integers(160, 256, 3))
+        draw.text((x, y), text, font=font, fill=(*color, 255), stroke_width=stroke, stroke_fill=(0, 0, 0, 255))
+    painted = np.asarray(Image.alpha_composite(Image.fromarray(image).convert("RGBA"), layer).convert("RGB"))
+    return np.where(foreground[..., None].astype(bool), image, painted)
+
+
+def danmu_from_answer(image: np.ndarray, answer: dict[str, Any], texts: list[str], offset: float = 0.0,
+                      seed: int = 0) -> np.ndarray:
+    """draw_danmu behind every object the model found (its prediction `answer` for `image`)."""
+    return draw_danmu(image, class_map_from_answer(answer) > 0, texts, offset, seed)
+
+
+MAX_COMMENTS, MAX_COMMENT_CHARS = 64, 200  # bounds on the drawing work one request may ask for
+
+
+def parse_danmu_query(query: dict[str, list[str]]) -> dict[str, Any]:
+    """?text=...&text=...[&offset=F][&seed=N] (POST /v1/segment/danmu) to danmu_png's options."""
+    texts = [text for text in query.get("text", []) if text.strip()]
+    if not texts:
+        raise RaycvError("missing query parameter 'text': e.g. /v1/segment/danmu?text=hello&text=world")
+    if len(texts) > MAX_COMMENTS or max(map(len, texts)) > MAX_COMMENT_CHARS:
+        raise RaycvError(f"{len(texts)} comments of up to {max(map(len, texts))} characters: the limits are "
+                         f"{MAX_COMMENTS} comments of {MAX_COMMENT_CHARS} characters")
+    options: dict[str, Any] = {"texts": texts}
+    for key, kind, expected in (("offset", float, "a number"), ("seed", int, "an integer")):
+        if key in query:
+            try:
+                options[key] = kind(query[key][-1])
+            except ValueError:
+                raise RaycvError(f"invalid {key}={query[key][-1]!r}: expected {expected}") from None
+    return options
+
+
+def danmu_png(image: np.ndarray, answer: dict[str, Any], texts: list[str], offset: float = 0.0,
+              seed: int = 0) -> bytes:
+    return encode_png(danmu_from_answer(image, answer, texts, offset, seed))
+
+
+def add_danmu_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained segment checkpoint")
+    parser.add_argument("--image", required=True, help="the picture (PNG, JPEG, ...)")
+    parser.add_argument("--text", action="append", required=True, help="a comment (repeatable)")
+    parser.add_argument("--out", required=True, help="where to write the PNG")
+    parser.add_argument("--offset", type=float, default=0.0, help="time step of the scroll (frames 0, 1, 2, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="picks each comment's colour, start and speed")
+
+
+def run_danmu(args: argparse.Namespace) -> int:
+    """draw comments scrolling behind the objects the model segments (textbook 6.5)"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict, read_image_files
+
+    loaded = load_model(args.checkpoint, "segment", default_device())
+    image = read_image_files([args.image])[0]
+    answer = predict(loaded, [image])[0]
+    result = danmu_from_answer(image, answer, args.text, args.offset, args.seed)
+    try:
+        Image.fromarray(result).save(args.out, format="PNG")
+    except OSError as problem:
+        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
+    covered = float((class_map_from_answer(answer) > 0).mean())
+    print(f"{args.out}: {len(args.text)} comment(s) behind {covered:.1%} foreground")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------
+
+
+def flip_images_and_masks(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random horizontal and vertical flips, the same ones for an NCHW image and its NHW mask."""
+    for image_dim in (-1, -2):
+        flip = torch.rand(images.shape[0], device=images.device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(image_dim), images)
+        masks = torch.where(flip[:, None, None], masks.flip(image_dim), masks)
+    return images, masks
+
+
+class SegmentTask(SceneData):
+    name = "segment"
+    metric = "foreground_iou"
+    metric_mode = "max"
+    model_names = tuple(MODELS)
+    routes = {"danmu": (parse_danmu_query, danmu_png)}
+    cli_verbs = {"danmu": (add_danmu_arguments, run_danmu)}
+
+    def default_config(self) -> TrainConfig:
+        # Sized for two CPU cores: half-width network, bf16 autocast (twice fp32's speed on CPUs with
+        # AVX-512 BF16, and what GPUs use anyway).
+        return TrainConfig(model="unet_resnet18", width=0.5, epochs=6, batch_size=16, lr=3e-3,
+                           optimizer="adamw", weight_decay=1e-4, amp="bf16", cpus_per_worker=2)
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in MODELS:
+            raise RaycvError(f"unknown model {cfg.model!r} for task segment; valid models: {', '.join(MODELS)}")
+        height, width = meta["image_size"]
+        if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
+            raise RaycvError(f"image_size {height}x{width} cannot be segmented by the UNet: both sides must be "
+                             f"multiples of {INPUT_MULTIPLE} (synthesize with --param image_size=128, 160, ...)")
+        return Normalized(MODELS[cfg.model](len(meta["classes"]) + 1, cfg.width), MEAN, STD)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        # Only image and mask: flipped boxes would need their own transform, and this task reads none.
+        images, masks = flip_images_and_masks(to_model_input(batch["image"]), batch["semantic"])
+        return {"image": images, "semantic": masks}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        logits = model(to_model_input(batch["image"])).float()
+        target = batch["semantic"].long()
+        loss = weighted_cross_entropy(logits, target)
+        dice_weight = float(cfg.extra.get("dice_weight", DICE_WEIGHT))
+        return loss + dice_weight * soft_dice_loss(logits, target) if dice_weight else loss
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        outputs = len(meta["classes"]) + 1
+        confusion = torchmetrics.classification.MulticlassConfusionMatrix(outputs).to(device)
+        mean_loss = torchmetrics.MeanMetric().to(device)
+        for batch in batches:
+            logits = model(to_model_input(batch["image"])).float()
+            target = batch["semantic"].long()
+            confusion.update(logits.argmax(dim=1), target)
+            mean_loss.update(weighted_cross_entropy(logits, target), weight=len(logits))
+        return {**scores_from_confusion(confusion.compute()), "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        side = int(meta["image_size"][0])
+        return to_model_input(torch.from_numpy(np.stack([resize_image(image, side) for image in images])))
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image: the class map at the image's own size as a base64 PNG (pixel value i is
+        classes[i], classes[0] is "background") and the outline polygons of every region."""
+        class_maps = outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        answers = []
+        for class_map, (height, width) in zip(class_maps, sizes):
+            class_map = cv2.resize(class_map, (int(width), int(height)), interpolation=cv2.INTER_NEAREST_EXACT)
+            answers.append({"mask_png": base64.b64encode(encode_png(class_map)).decode("ascii"),
+                            "classes": ["background", *meta["classes"]],
+                            "polygons": mask_polygons(class_map, meta["classes"])})
+        return answers
+
+
+TASK = SegmentTask()

@@ -1,0 +1,218 @@
+"""Text-line recognition with a CRNN and CTC (textbook chapter 9).
+
+Sources (`--param source=...`): variable-length captchas (1-9 of [0-9A-Z], the book's set) or
+street-number lines (1-5 digits in varied offline fonts, colours, backgrounds, blur and perspective,
+with per-character SVHN-style boxes). Real data: SVHN-style folders (see raycv/data/text.py).
+
+Lines are scaled to 32 pixels high keeping their aspect ratio and right-padded: to a fixed width in
+training, to the widest line of the batch at inference, so any width can be read. The CRNN emits one
+score vector per 4 input columns; CTC aligns them with the label. Metrics: sequence accuracy (greedy
+and prefix-beam-search decoding) and character error rate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data import augment, text
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.errors import RaycvError
+from raycv.models.common import Normalized
+from raycv.models.crnn import CRNN
+from raycv.tasks.classify import MEAN, STD
+
+LINE_HEIGHT = 32
+TRAIN_WIDTH = 192  # 6 times the height: 9 captcha characters or 5 street digits fit without squeezing
+MAX_INFERENCE_WIDTH = 4 * TRAIN_WIDTH  # longer requests are squeezed rather than allowed unbounded memory
+CAPTCHA_HEIGHT = 60  # the captcha package's look is tuned for this height
+STREET_HEIGHT = 48
+# source -> (alphabet, longest label)
+SOURCES = {"captcha": (text.CAPTCHA_ALPHABET, 9), "street": (text.DIGITS, 5)}
+MODELS = {"crnn_lstm": "lstm", "crnn_gru": "gru"}
+BEAM_WIDTH = 8
+
+
+def ctc_greedy_decode(probabilities: torch.Tensor, alphabet: str) -> tuple[str, list[float]]:
+    """Best path of one line's (T, classes + 1) probabilities: the most likely class per column,
+    repeats merged, blanks (class 0) dropped. Each character's confidence is its highest
+    probability over the columns that emitted it."""
+    confidences, classes = probabilities.max(dim=1)
+    chars, char_confidences, previous = [], [], 0
+    for index, confidence in zip(classes.tolist(), confidences.tolist()):
+        if index != 0 and index == previous:
+            char_confidences[-1] = max(char_confidences[-1], confidence)
+        elif index != 0:
+            chars.append(alphabet[index - 1])
+            char_confidences.append(confidence)
+        previous = index
+    return "".join(chars), char_confidences
+
+
+def ctc_beam_decode(probabilities: torch.Tensor, alphabet: str, beam_width: int = BEAM_WIDTH,
+                    min_probability: float = 1e-3) -> str:
+    """CTC prefix beam search over one line's (T, classes + 1) probabilities: keeps the `beam_width`
+    most likely label prefixes, each summed over all alignments (ending in a blank or not), so a text
+    spread over many mediocre paths beats a single best path. Classes below `min_probability` in a
+    column are skipped (they cannot change the top beams, and skipping them keeps this fast)."""
+    rows = probabilities.double().cpu().numpy()
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (1.0, 0.0)}  # prefix -> (p ends blank, p ends char)
+    for row in rows:
+        candidates = [int(c) for c in np.flatnonzero(row >= min_probability)]
+        following: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for prefix, (ends_blank, ends_char) in beams.items():
+            for c in candidates:
+                p = row[c]
+                if c == 0:
+                    following[prefix][0] += (ends_blank + ends_char) * p
+                elif prefix and prefix[-1] == c:
+                    following[prefix][1] += ends_char * p  # the same character continues
+                    following[prefix + (c,)][1] += ends_blank * p  # a blank separated a repeat
+                else:
+                    following[prefix + (c,)][1] += (ends_blank + ends_char) * p
+        beams = dict(sorted(following.items(), key=lambda item: -sum(item[1]))[:beam_width])
+    best = max(beams.items(), key=lambda item: sum(item[1]))[0]
+    return "".join(alphabet[c - 1] for c in best)
+
+
+def label_texts(labels: torch.Tensor, lengths: torch.Tensor, alphabet: str) -> list[str]:
+    return ["".join(alphabet[c - 1] for c in row[:length]) for row, length in zip(labels.tolist(), lengths.tolist())]
+
+
+class TextRecognitionTask:
+    name = "textrec"
+    metric = "sequence_accuracy"
+    metric_mode = "max"
+    # max_length 0: the source's longest label (captcha 9, street 5)
+    synth_defaults = {"source": "captcha", "min_length": 1, "max_length": 0}
+    model_names = tuple(MODELS)
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(model="crnn_lstm", width=0.25, epochs=10, batch_size=64, optimizer="adamw", lr=2e-3,
+                           weight_decay=0.01)
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        source = params["source"]
+        if source not in SOURCES:
+            raise RaycvError(f"invalid source={source!r}: expected one of {', '.join(SOURCES)}")
+        alphabet, longest = SOURCES[source]
+        min_length, max_length = int(params["min_length"]), int(params["max_length"]) or longest
+        if not 1 <= min_length <= max_length <= longest:
+            raise RaycvError(f"invalid lengths min_length={min_length}, max_length={max_length} for source {source!r}: "
+                             f"expected 1 <= min_length <= max_length <= {longest}")
+        return {"alphabet": alphabet, "max_length": max_length, "text_source": source,
+                "image_size": [LINE_HEIGHT, TRAIN_WIDTH]}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        meta = self.dataset_meta(params)
+        alphabet = meta["alphabet"]
+        length = int(rng.integers(int(params["min_length"]), meta["max_length"] + 1))
+        label = "".join(alphabet[i] for i in rng.integers(len(alphabet), size=length))
+        if meta["text_source"] == "captcha":
+            image = text.render_captcha(rng, label, text.captcha_width(length, CAPTCHA_HEIGHT), CAPTCHA_HEIGHT)
+            return {"image": encode_png(image), "text": label}
+        image, boxes = text.render_street_number(rng, label, STREET_HEIGHT)
+        return {"image": encode_png(image), "text": label, "boxes": json.dumps(boxes)}
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        """An SVHN-style folder; labels over [0-9A-Z], as long as the longest one found."""
+        splits = text.read_svhn_folder(path, text.CAPTCHA_ALPHABET)
+        max_length = max(len(row["text"]) for rows in splits.values() for row in rows)
+        meta = {"alphabet": text.CAPTCHA_ALPHABET, "max_length": max_length, "text_source": "svhn-json",
+                "image_size": [LINE_HEIGHT, TRAIN_WIDTH], "format": "svhn-json"}
+        return {split: ray.data.from_items(rows) for split, rows in splits.items()}, meta
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        height, width = meta["image_size"]
+        lines = [text.resize_to_height(decode_image(data), height, width) for data in batch["image"]]
+        labels, lengths = text.encode_texts((str(t) for t in batch["text"]), meta["alphabet"], meta["max_length"], offset=1)
+        return {"image": text.pad_lines(lines, width), "label": labels, "length": lengths}
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in MODELS:
+            raise RaycvError(f"unknown model {cfg.model!r} for task textrec; valid models: {', '.join(MODELS)}")
+        return Normalized(CRNN(len(meta["alphabet"]), width=cfg.width, rnn=MODELS[cfg.model]), MEAN, STD)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        return {**batch, "image": augment.random_translate(to_model_input(batch["image"]), pad=2)}
+
+    @staticmethod
+    def ctc_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+        # CTC in float32 even under autocast: its log-space sums lose too much in half precision.
+        log_probs = logits.float().log_softmax(dim=2).transpose(0, 1)  # (T, N, classes + 1)
+        steps = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+        return nn.functional.ctc_loss(log_probs, batch["label"], steps, batch["length"], blank=0,
+                                      reduction=reduction, zero_infinity=True)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        return self.ctc_loss(model(to_model_input(batch["image"])), batch)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        alphabet = meta["alphabet"]
+        greedy_accuracy, beam_accuracy, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(3))
+        error_rate = torchmetrics.text.CharErrorRate().to(device)
+        for batch in batches:
+            logits = model(to_model_input(batch["image"])).float()
+            probabilities = logits.detach().softmax(dim=2).cpu()
+            truths = label_texts(batch["label"], batch["length"], alphabet)
+            greedy = [ctc_greedy_decode(line, alphabet)[0] for line in probabilities]
+            beam = [ctc_beam_decode(line, alphabet) for line in probabilities]
+            error_rate.update(greedy, truths)
+            greedy_accuracy.update(torch.tensor([p == t for p, t in zip(greedy, truths)], dtype=torch.float, device=device))
+            beam_accuracy.update(torch.tensor([p == t for p, t in zip(beam, truths)], dtype=torch.float, device=device))
+            mean_loss.update(self.ctc_loss(logits, batch), weight=len(logits))
+        return {"sequence_accuracy": float(greedy_accuracy.compute()), "cer": float(error_rate.compute()),
+                "beam_sequence_accuracy": float(beam_accuracy.compute()), "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        """Any widths: each line scaled to the training height, the batch padded to its widest line."""
+        lines = [text.resize_to_height(image, meta["image_size"][0], MAX_INFERENCE_WIDTH) for image in images]
+        return to_model_input(torch.from_numpy(text.pad_lines(lines)))
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        probabilities = outputs.float().softmax(dim=2).cpu()
+        return [text.text_answer(*ctc_greedy_decode(line, meta["alphabet"])) for line in probabilities]
+
+
+def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int = 24, split: str = "val") -> str:
+    """A README picture: the first `count` lines of a dataset split with the checkpoint's reading
+    above each (green when right, red when wrong, the truth after a slash)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raycv import checkpoint
+    from raycv.data.synth import open_dataset
+    from raycv.inference import predict
+
+    loaded = checkpoint.load_model(checkpoint_path)
+    splits, _ = open_dataset(loaded.task, data)
+    rows = splits[split].take_batch(count)
+    images = [decode_image(data) for data in rows["image"]]
+    answers = predict(loaded, images)
+    columns = 4
+    figure, axes = plt.subplots(-(-len(images) // columns), columns, figsize=(3 * columns, 0.9 * len(images) / columns + 0.5))
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, answer, truth in zip(axes.flat, images, answers, rows["text"]):
+        right = answer["text"] == truth
+        axis.imshow(image)
+        axis.set_title(answer["text"] if right else f"{answer['text']} / {truth}", color="green" if right else "red",
+                       fontsize=10, family="monospace")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+TASK = TextRecognitionTask()

@@ -1,0 +1,110 @@
+"""Text-line recognition: seeded line synthesis with boxes, CTC decoding, training, variable widths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import train_steps
+
+from raycv.data.images import decode_image
+from raycv.errors import RaycvError
+from raycv.tasks import get_task
+from raycv.tasks.textrec import ctc_beam_decode, ctc_greedy_decode
+
+TASK = get_task("textrec")
+STREET = {**TASK.synth_defaults, "source": "street"}
+CAPTCHAS = TASK.synth_defaults
+
+
+def rows(params: dict, count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    samples = [TASK.synthesize_sample(np.random.default_rng([seed, i]), params) for i in range(count)]
+    return {key: np.array([s[key] for s in samples], dtype=object) for key in samples[0]}
+
+
+def columns(alphabet: str, *frames: dict[str, float]) -> torch.Tensor:
+    """(T, classes + 1) probabilities from per-column {char: p} (blank "-" takes the rest)."""
+    table = torch.zeros(len(frames), len(alphabet) + 1)
+    for t, frame in enumerate(frames):
+        for char, p in frame.items():
+            table[t, 0 if char == "-" else alphabet.index(char) + 1] = p
+        table[t, 0] += 1 - table[t].sum()
+    return table
+
+
+def test_same_seed_same_bytes_and_boxes_cover_each_digit():
+    for params in (STREET, CAPTCHAS):
+        first, again = (TASK.synthesize_sample(np.random.default_rng(3), params) for _ in range(2))
+        assert first == again
+    batch = rows(STREET, 12)
+    lengths = {len(label) for label in batch["text"]}
+    assert lengths <= set(range(1, 6)) and len(lengths) > 2 and all(set(t) <= set("0123456789") for t in batch["text"])
+    for data, label, boxes in zip(batch["image"], batch["text"], batch["boxes"]):
+        image, boxes = decode_image(data), json.loads(boxes)
+        assert "".join(box["label"] for box in boxes) == label
+        lefts = [box["left"] for box in boxes]
+        assert lefts == sorted(lefts)  # reading order
+        for box in boxes:
+            assert box["left"] >= 0 and box["top"] >= 0 and box["width"] > 2 and box["height"] > 5
+            assert box["left"] + box["width"] <= image.shape[1] and box["top"] + box["height"] <= image.shape[0]
+    captcha_lengths = {len(label) for label in rows(CAPTCHAS, 12)["text"]}
+    assert captcha_lengths <= set(range(1, 10)) and len(captcha_lengths) > 3
+
+
+def test_ctc_greedy_decode_merges_repeats_and_drops_blanks():
+    probabilities = columns("AB", {"A": 0.9}, {"A": 0.7}, {"-": 0.8}, {"A": 0.6}, {"B": 0.95}, {"-": 1.0})
+    decoded, confidences = ctc_greedy_decode(probabilities, "AB")
+    assert decoded == "AAB"
+    assert confidences == pytest.approx([0.9, 0.6, 0.95])
+
+
+def test_ctc_beam_decode_sums_alignments_where_greedy_picks_one_path():
+    # Each column: blank 0.6, A 0.4. Best path "--" gives "" (0.36), but "A" has three paths
+    # (A-, -A, AA) worth 0.24 + 0.24 + 0.16 = 0.64.
+    probabilities = columns("A", {"A": 0.4}, {"A": 0.4})
+    assert ctc_greedy_decode(probabilities, "A")[0] == ""
+    assert ctc_beam_decode(probabilities, "A") == "A"
+    # A repeated character needs a blank between its two emissions.
+    repeated = columns("AB", {"A": 0.9}, {"-": 0.9}, {"A": 0.9}, {"B": 0.9})
+    assert ctc_beam_decode(repeated, "AB") == "AAB" and ctc_greedy_decode(repeated, "AB")[0] == "AAB"
+    assert ctc_beam_decode(columns("AB", {"A": 0.9}, {"A": 0.9}), "AB") == "A"
+
+
+def test_training_steps_lower_the_ctc_loss_and_any_width_is_read():
+    torch.manual_seed(0)
+    for params in (STREET, CAPTCHAS):
+        meta = TASK.dataset_meta(params)
+        decoded = TASK.decode(rows(params, 16), meta)
+        assert decoded["image"].shape == (16, 32, 192, 3)
+        batch = {key: torch.from_numpy(value) for key, value in decoded.items()}
+        cfg = TASK.default_config()
+        model = TASK.build_model(cfg, meta)
+        losses = train_steps(TASK, model, batch, cfg, 15)
+        assert losses[-1] < 0.6 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        metrics = TASK.evaluate(model, [batch], meta)
+    assert 0 <= metrics["sequence_accuracy"] <= 1 and 0 <= metrics["cer"] and metrics["loss"] < losses[0]
+
+    narrow, wide = np.zeros((20, 30, 3), np.uint8), np.full((60, 700, 3), 255, np.uint8)
+    inputs = TASK.preprocess([narrow, wide], meta)
+    assert inputs.shape == (2, 3, 32, 373)  # 700 * 32 / 60: the widest line sets the batch width
+    with torch.no_grad():
+        answers = TASK.postprocess(model(inputs), meta, [(20, 30), (60, 700)])
+    assert len(answers) == 2
+    for answer in answers:
+        assert set(answer) == {"text", "characters"}
+        assert "".join(c["char"] for c in answer["characters"]) == answer["text"]
+
+
+def test_labels_outside_the_alphabet_and_bad_parameters_are_refused():
+    meta = TASK.dataset_meta(STREET)
+    with pytest.raises(RaycvError, match=r"sample 1: label '4A' has character\(s\) 'A' outside the alphabet"):
+        TASK.decode({"image": rows(STREET, 2)["image"], "text": np.array(["7", "4A"], dtype=object)}, meta)
+    with pytest.raises(RaycvError, match="invalid source='books'"):
+        TASK.dataset_meta({**STREET, "source": "books"})
+    with pytest.raises(RaycvError, match="max_length=7 for source 'street'"):
+        TASK.dataset_meta({**STREET, "max_length": 7})
