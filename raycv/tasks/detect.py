@@ -15,6 +15,8 @@ raycv trains a dense anchor-free detector in the style of CenterNet / TTFNet (ra
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -241,7 +243,8 @@ class DetectTask(SceneData):
             truths = [{"boxes": boxes[labels >= 0].float(), "labels": labels[labels >= 0]}
                       for boxes, labels in zip(batch["boxes"], batch["labels"])]
             average_precision.update(predictions, truths)
-        scores = average_precision.compute()
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary table every call
+            scores = average_precision.compute()
         return {"map50": float(scores["map_50"]), "map": float(scores["map"]), "map75": float(scores["map_75"]),
                 "loss": float(mean_loss.compute())}
 
