@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from raycv import checkpoint
@@ -53,8 +54,9 @@ class CompressOptions:
     batch_size: int = option(128, "fine-tuning and calibration batch size")
     channel_ratio: float = option(0.7, "share of channels removed from every prunable layer (params shrink ~ (1-r)^2)")
     channel_steps: int = option(3, "remove the channels in this many rounds, fine-tuning after each")
-    channel_finetune_epochs: int = option(6, "fine-tuning epochs after channel pruning, spread over the rounds (removing channels changes more than a mask does)")
+    channel_finetune_epochs: int = option(10, "fine-tuning epochs after channel pruning, spread over the rounds (removing channels changes more than a mask does)")
     criterion: str = option("l1", "channel importance: \"l1\" (filter weight norm) or \"bn\" (BatchNorm scale)")
+    distill: float = option(1.0, "weight of the dense model's outputs as a second target while the channel-pruned model fine-tunes (mean squared difference; 0: off)")
     calibration_batches: int = option(16, "training batches that calibrate the int8 observers")
     threads: int = option(0, "torch / onnxruntime threads for the whole run, latencies included; 0: torch's default")
     latency_runs: int = option(20, "timed runs per measurement (the median is reported)")
@@ -76,6 +78,7 @@ class CompressOptions:
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
             (0 < self.channel_ratio < 1, "channel_ratio", self.channel_ratio, "a fraction in (0, 1)"),
             (self.channel_steps >= 1, "channel_steps", self.channel_steps, "an integer >= 1"),
+            (self.distill >= 0, "distill", self.distill, "a weight >= 0"),
             (self.channel_finetune_epochs >= 0, "channel_finetune_epochs", self.channel_finetune_epochs,
              "an integer >= 0"),
             (self.criterion in CRITERIA, "criterion", self.criterion, f"one of {', '.join(CRITERIA)}"),
@@ -298,16 +301,61 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps:
                                 ignored_layers=output_layers(model, example))
 
 
+class Distillation(nn.Module):
+    """A student that learns from a teacher as it trains: in training mode every forward also runs the
+    frozen teacher on the same input and keeps `weight` x the mean squared difference of their outputs
+    in `pending`, for DistillingTask to add to the task's loss. Matching outputs (logits, for a
+    classifier) needs no task knowledge, so every task's model gets it, and on logits it recovers a
+    small student at least as well as softened-KL distillation (Kim et al., IJCAI 2021)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, weight: float):
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher.eval()]  # in a list: not a submodule, so never optimized, saved or put in train mode
+        self.weight = weight
+        self.pending: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = self.student(*args, **kwargs)
+        if self.training:
+            with torch.no_grad():
+                targets = self.teacher[0](*args, **kwargs)
+            pairs = [(out, target) for out, target in zip(tree_leaves(outputs), tree_leaves(targets))
+                     if isinstance(out, torch.Tensor) and out.is_floating_point()]
+            self.pending = self.weight * sum(nn.functional.mse_loss(out.float(), target.float())
+                                             for out, target in pairs) / max(len(pairs), 1)
+        return outputs
+
+
+class DistillingTask:
+    """`task` whose loss also carries the Distillation model's pending term; everything else is the task's."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def loss(self, model: Distillation, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+        loss = self.task.loss(model, batch, cfg)
+        pending, model.pending = model.pending, None
+        return loss if pending is None else loss + pending
+
+
 def prune_channels(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig, options: CompressOptions,
-                   example: torch.Tensor, generator: torch.Generator) -> nn.Module:
+                   example: torch.Tensor, generator: torch.Generator, teacher: nn.Module) -> nn.Module:
     """Remove `channel_ratio` of every prunable layer's channels in `channel_steps` rounds, each
-    followed by fine-tuning (its share of `channel_finetune_epochs`, the remainder after the last)."""
+    followed by fine-tuning (its share of `channel_finetune_epochs`, the remainder after the last),
+    distilled from `teacher` (the dense model) unless `distill` is 0."""
     pruner = channel_pruner(model, example, options.channel_ratio, options.channel_steps, options.criterion)
     epochs = [options.channel_finetune_epochs // options.channel_steps] * options.channel_steps
     epochs[-1] += options.channel_finetune_epochs % options.channel_steps
+    student, fine_tune_task = model, task
+    if options.distill > 0:
+        student, fine_tune_task = Distillation(model, teacher, options.distill), DistillingTask(task)
     for step, step_epochs in enumerate(epochs, 1):
         pruner.step()
-        finetune(task, model, data, cfg, step_epochs, options.finetune_steps, generator,
+        finetune(fine_tune_task, student, data, cfg, step_epochs, options.finetune_steps, generator,
                  f"channels {step}/{options.channel_steps}")
     return model
 
@@ -613,11 +661,13 @@ def sparse_stage(run: Run, dense: nn.Module) -> list[dict[str, Any]]:
 
 
 def channel_stage(run: Run, dense: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
-    pruned = prune_channels(run.task, copy_model(dense), run.data, run.cfg, run.options, run.example, run.generator)
+    pruned = prune_channels(run.task, copy_model(dense), run.data, run.cfg, run.options, run.example, run.generator,
+                            teacher=dense)
     folder = os.path.join(run.out, "channels")
     save_pruned(folder, pruned, run.meta)
     row = run.measure("channels", pruned, saved_state_mb(pruned, os.path.join(folder, "state_dict.pt")),
-                      channel_ratio=run.options.channel_ratio, criterion=run.options.criterion)
+                      channel_ratio=run.options.channel_ratio, criterion=run.options.criterion,
+                      distill=run.options.distill)
     return pruned, row
 
 

@@ -45,7 +45,8 @@ def test_channel_pruning_removes_parameters_and_reloads(setup, tmp_path):
     model = compress.copy_model(loaded.model)
     before = compress.count_parameters(model)
     options = CompressOptions(**{**TINY_OPTIONS, "channel_ratio": 0.5, "channel_steps": 2})
-    pruned = compress.prune_channels(loaded.task, model, data, cfg, options, example, torch.Generator())
+    pruned = compress.prune_channels(loaded.task, model, data, cfg, options, example, torch.Generator(),
+                                     teacher=loaded.model)
     assert compress.count_parameters(pruned) < before / 2.5
     with torch.no_grad():
         outputs = pruned(example)
@@ -54,6 +55,37 @@ def test_channel_pruning_removes_parameters_and_reloads(setup, tmp_path):
     rebuilt = compress.load_pruned(str(tmp_path))
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(example), outputs)
+
+
+def test_distillation_pulls_the_pruned_student_towards_the_teacher(setup):
+    loaded, data, cfg, _, example = setup
+    teacher = loaded.model.eval()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = compress.copy_model(teacher)
+    compress.channel_pruner(student, example, 0.5, 1, "l1").step()
+    distilled = compress.Distillation(student, teacher, weight=1.0)
+    # the teacher is no part of what is optimized or saved
+    assert {id(p) for p in distilled.parameters()} == {id(p) for p in student.parameters()}
+    assert not any(key.startswith("teacher") for key in distilled.state_dict())
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(student(example), teacher(example)))
+
+    distilled.train()
+    student.eval()  # BatchNorm in eval mode, so the pending term can be checked exactly
+    outputs = distilled(example)
+    assert float(distilled.pending) == pytest.approx(gap(), rel=1e-5)
+    task = compress.DistillingTask(loaded.task)
+    batch = next(iter(data.train_batches(8, torch.Generator().manual_seed(1), 1)))
+    with_term = float(task.loss(distilled, batch, cfg))
+    assert distilled.pending is None  # taken into the loss
+    assert with_term > float(loaded.task.loss(student, batch, cfg))
+    before = gap()
+    compress.finetune(task, distilled, data, cfg, 1, 10, torch.Generator().manual_seed(0), "test")
+    assert gap() < 0.7 * before, (before, gap())
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_state.items())
+    assert outputs.shape == (8, len(loaded.dataset_meta["classes"]))
 
 
 def test_int8_is_smaller_on_disk_and_runs(setup, tmp_path):

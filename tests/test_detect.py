@@ -24,7 +24,7 @@ def scenes(count, seed=0, **params):
     """Decoded scenes made in this process (no Ray), as tensors, and their dataset meta."""
     params = {**SCENE_DEFAULTS, **params}
     meta = TASK.dataset_meta(params)
-    rows = [composite_scene(sample_generator(seed, 0, index), params) for index in range(count)]
+    rows = [composite_scene(sample_generator(seed, "train", index), params) for index in range(count)]
     stored = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
     return {key: torch.from_numpy(value) for key, value in TASK.decode(stored, meta).items()}, meta
 

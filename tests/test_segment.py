@@ -37,7 +37,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def scene_batch(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     params = {**TASK.synth_defaults, **SMALL_SCENES}
-    rows = [TASK.synthesize_sample(sample_generator(seed, 0, index), params) for index in range(count)]
+    rows = [TASK.synthesize_sample(sample_generator(seed, "train", index), params) for index in range(count)]
     stored = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
     return TASK.decode(stored, TASK.dataset_meta(params))
 

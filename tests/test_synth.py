@@ -48,9 +48,22 @@ def test_bad_synth_requests(ray_session, tmp_path, classify_data):
     task = get_task("classify")
     with pytest.raises(RaycvError, match="unknown classify synth parameter.*colour"):
         synthesize(task, str(tmp_path / "x"), {"train": 10}, params={"colour": 1})
-    with pytest.raises(RaycvError, match="invalid size -5 for split 'train'"):
+    with pytest.raises(RaycvError, match="invalid size -5 for split 'train': expected an integer >= 0"):
         synthesize(task, str(tmp_path / "x"), {"train": -5})
     with pytest.raises(RaycvError, match="already exists"):
         synthesize(task, classify_data, {"train": 10})
     with pytest.raises(RaycvError, match="dataset not found: .*nowhere"):
         open_dataset(task, str(tmp_path / "nowhere"))
+
+
+def test_held_out_split_alone_matches_the_same_split_of_a_full_set(ray_session, tmp_path, classify_data):
+    """Samples are keyed by split name: a val-only set (train size 0) reproduces a full set's val rows."""
+    task = get_task("classify")
+    manifest = synthesize(task, str(tmp_path / "val-only"), {"train": 0, "val": 8}, seed=7)
+    assert manifest["splits"] == {"val": 8}
+    alone = open_dataset(task, str(tmp_path / "val-only"))[0]["val"].to_pandas().sort_values("id")
+    full = open_dataset(task, classify_data)[0]["val"].to_pandas().sort_values("id").head(8)
+    assert list(alone["image"]) == list(full["image"])
+    assert list(alone["label"]) == list(full["label"])
+    with pytest.raises(RaycvError, match="every split has size 0"):
+        synthesize(task, str(tmp_path / "none"), {"train": 0, "val": 0})

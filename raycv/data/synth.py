@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from typing import Any
 
 import numpy as np
@@ -25,15 +26,16 @@ from raycv.tasks import Task, get_task
 MANIFEST = "manifest.json"
 
 
-def sample_generator(seed: int, split_index: int, sample_id: int) -> np.random.Generator:
-    return np.random.default_rng([seed, split_index, sample_id])
+def sample_generator(seed: int, split: str, sample_id: int) -> np.random.Generator:
+    # Keyed by the split's name, not its position, so a val split is the same with or without train.
+    return np.random.default_rng([seed, zlib.crc32(split.encode()), sample_id])
 
 
-def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, split_index: int,
+def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, split: str,
                       params: dict[str, Any]) -> dict[str, np.ndarray]:
     task = get_task(task_name)
     rows = [
-        {"id": int(sample_id), **task.synthesize_sample(sample_generator(seed, split_index, int(sample_id)), params)}
+        {"id": int(sample_id), **task.synthesize_sample(sample_generator(seed, split, int(sample_id)), params)}
         for sample_id in batch["id"]
     ]
     return {key: np.array([row[key] for row in rows], dtype=object if isinstance(rows[0][key], bytes) else None)
@@ -42,15 +44,19 @@ def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, s
 
 def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, params: dict[str, Any] | None = None,
                workers: int | None = None, batch_size: int = 256, overwrite: bool = False) -> dict[str, Any]:
-    """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest."""
+    """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest.
+    Splits of size 0 are left out (a held-out test set is `{"train": 0, "val": 1000}` with another seed)."""
     params = {**task.synth_defaults, **(params or {})}
     unknown = sorted(set(params) - set(task.synth_defaults))
     if unknown:
         raise RaycvError(f"unknown {task.name} synth parameter(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(sorted(task.synth_defaults)) or 'none'}")
     for split, count in splits.items():
-        if count < 1:
-            raise RaycvError(f"invalid size {count} for split {split!r}: expected an integer >= 1")
+        if count < 0:
+            raise RaycvError(f"invalid size {count} for split {split!r}: expected an integer >= 0")
+    splits = {split: count for split, count in splits.items() if count > 0}
+    if not splits:
+        raise RaycvError("every split has size 0: nothing to synthesize")
     if workers is not None and workers < 1:
         raise RaycvError(f"invalid workers={workers}: expected an integer >= 1")
     out = storage.absolute(out)
@@ -62,14 +68,14 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
     try:
-        for split_index, (split, count) in enumerate(splits.items()):
+        for split, count in splits.items():
             # A few blocks per parallel task keeps every core busy to the end; contents do not
             # depend on the block layout (per-sample seeds).
             parallelism = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             blocks = max(1, min(count, 4 * parallelism, -(-count // 16)))
             dataset = ray.data.range(count, override_num_blocks=blocks).map_batches(
                 _synthesize_batch,
-                fn_kwargs={"task_name": task.name, "seed": seed, "split_index": split_index, "params": params},
+                fn_kwargs={"task_name": task.name, "seed": seed, "split": split, "params": params},
                 batch_size=min(batch_size, -(-count // blocks)),
                 concurrency=workers,
             )
