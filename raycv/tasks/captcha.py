@@ -52,8 +52,10 @@ class CaptchaTask:
     model_names = tuple(BACKBONES)
 
     def default_config(self) -> TrainConfig:
-        return TrainConfig(model="convnet", width=0.5, epochs=10, batch_size=64, optimizer="adamw", lr=3e-3,
-                           weight_decay=0.05, label_smoothing=0.1)
+        # Sized for 2 CPU cores: two epochs over 80,000 captchas. Fresh captchas beat more passes over few:
+        # 10 epochs over 20,000 overfit at 0.925 whole-string accuracy.
+        return TrainConfig(model="convnet", width=0.5, epochs=2, batch_size=64, optimizer="adamw", lr=3e-3,
+                           weight_decay=0.05, label_smoothing=0.1, workers=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         length, width, height = (int(params[key]) for key in ("length", "width", "height"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -191,6 +192,19 @@ def draw_detections(image: np.ndarray, detections: list[dict[str, Any]]) -> np.n
     return np.asarray(canvas)
 
 
+@contextlib.contextmanager
+def quiet_pycocotools():
+    """pycocotools prints its summary table on every compute(). Under Ray Train, `print` is patched to
+    log at INFO level as well as write to stdout, so both are muted for the call."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
 class DetectTask(SceneData):
     name = "detect"
     metric = "map50"
@@ -243,7 +257,7 @@ class DetectTask(SceneData):
             truths = [{"boxes": boxes[labels >= 0].float(), "labels": labels[labels >= 0]}
                       for boxes, labels in zip(batch["boxes"], batch["labels"])]
             average_precision.update(predictions, truths)
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary table every call
+        with quiet_pycocotools():
             scores = average_precision.compute()
         return {"map50": float(scores["map_50"]), "map": float(scores["map"]), "map75": float(scores["map_75"]),
                 "loss": float(mean_loss.compute())}

@@ -97,7 +97,7 @@ class TextRecognitionTask:
 
     def default_config(self) -> TrainConfig:
         return TrainConfig(model="crnn_lstm", width=0.25, epochs=10, batch_size=64, optimizer="adamw", lr=2e-3,
-                           weight_decay=0.01)
+                           weight_decay=0.01, workers=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         source = params["source"]
