@@ -212,7 +212,7 @@ class DetectTask(SceneData):
     model_names = tuple(MODELS)
 
     def default_config(self) -> TrainConfig:
-        # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 13 minutes (the first
+        # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 10 minutes (the first
         # epoch alone reaches mAP@0.5 0.81 on three classes); raise --width for harder (photo) data.
         return TrainConfig(model="resnet18", width=0.25, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
                            weight_decay=0.05, workers=2)
