@@ -24,6 +24,7 @@ from raycv.errors import RaycvError
 from raycv.runtime import init_ray
 from raycv.tasks import TASK_MODULES, get_task
 
+TASK_OPTION_PREFIX = "task_option."  # argparse dest of a Task.train_options flag
 VERBS = ("synth", "train", "eval", "tune", "compress", "predict", "serve")
 
 
@@ -47,6 +48,14 @@ def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
             kind = {"int": int, "float": float, "str": str}[str(field.type)]
             group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
                                help=help_text)
+    # The task's own options (Task.train_options), stored in config.extra.
+    for name, (default, help_text) in getattr(task, "train_options", {}).items():
+        flag, dest = "--" + name.replace("_", "-"), TASK_OPTION_PREFIX + name
+        help_text = f"{help_text} (default: {defaults.extra.get(name, default)!r})"
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=dest, type=type(default), default=None, metavar=name.upper(), help=help_text)
 
 
 def add_compress_flags(parser: argparse.ArgumentParser) -> None:
@@ -162,9 +171,15 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
+    task = get_task(task_name)
+    defaults = task.default_config()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
-    return get_task(task_name).default_config().replace(**overrides).validate()
+    task_options = {name: getattr(args, TASK_OPTION_PREFIX + name) for name in getattr(task, "train_options", {})
+                    if getattr(args, TASK_OPTION_PREFIX + name, None) is not None}
+    if task_options:
+        overrides["extra"] = {**defaults.extra, **task_options}
+    return defaults.replace(**overrides).validate()
 
 
 def run(args: argparse.Namespace) -> int:

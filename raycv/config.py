@@ -118,6 +118,8 @@ class ServeOptions:
     downscale_delay_s: float = option(60.0, "idle time before a replica is removed")
     metrics_interval_s: float = option(2.0, "how often replicas report their load to the autoscaler")
     look_back_period_s: float = option(10.0, "window the autoscaler averages load over")
+    state_dir: str = option("", "where a task keeps its serve state (search: the gallery index); "
+                                "default: serve_state/ in the checkpoint's run folder")
 
     def validate(self) -> "ServeOptions":
         checks = [

@@ -9,6 +9,10 @@ Endpoints (FastAPI; OpenAPI docs at /docs):
     POST /v1/{task}/{route}   a task's own route (Task.routes, e.g. /v1/segment/danmu?text=hi): one
                               image sent as for predict, options as query parameters; answers JSON,
                               or an image/png when the route returns PNG bytes
+    POST /v1/{task}/{route}   a route on the task's serve state (Task.state_routes, e.g.
+                              /v1/search/index?id=alice): images as for predict, options as query
+                              parameters; the state lives in one RouteState replica and persists
+                              under ServeOptions.state_dir
     GET  /v1/models           what is served: task, checkpoint, classes, input size, routes
     GET  /healthz
 
@@ -25,6 +29,7 @@ import base64
 import binascii
 import json
 import os
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -58,11 +63,35 @@ api = FastAPI(title="raycv", description="Classic computer-vision models served 
 
 
 @serve.deployment
+class RouteState:
+    """The state of a task's state routes (search: the gallery index), in one replica: every model
+    replica talks to the same state, and changes apply one at a time."""
+
+    def __init__(self, task_name: str, folder: str, checkpoint_meta: dict[str, Any]):
+        from raycv.tasks import get_task
+
+        task = get_task(task_name)
+        self.routes = task.state_routes
+        self.state = task.open_route_state(folder, checkpoint_meta)
+        self.lock = threading.Lock()
+
+    def respond(self, route: str, answers: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+        """{"result": JSON} or {"error": message}: a RaycvError crosses back as data, not as a
+        Ray exception the ingress would have to unwrap."""
+        with self.lock:
+            try:
+                return {"result": self.routes[route].respond(self.state, answers, **options)}
+            except RaycvError as problem:
+                return {"error": str(problem)}
+
+
+@serve.deployment
 @serve.ingress(api)
 class ModelServer:
-    def __init__(self, options: dict[str, Any]):
+    def __init__(self, options: dict[str, Any], route_state: Any = None):
         from raycv.checkpoint import load_model
 
+        self.route_state = route_state  # a handle on the RouteState deployment, if the task has one
         self.options = ServeOptions(**options)
         device = torch.device("cuda" if self.options.gpu > 0 and torch.cuda.is_available() else "cpu")
         if device.type == "cpu":
@@ -82,7 +111,8 @@ class ModelServer:
         return {"task": meta["task"], "checkpoint": self.loaded.path, "model": meta["config"]["model"],
                 "width": meta["config"]["width"], "epoch": meta["epoch"], "classes": meta["dataset"].get("classes"),
                 "input_size": meta["dataset"].get("image_size"), "device": str(self.device),
-                "routes": ["predict", *getattr(self.loaded.task, "routes", {})],
+                "routes": ["predict", *getattr(self.loaded.task, "routes", {}),
+                           *getattr(self.loaded.task, "state_routes", {})],
                 "batch_size": self.options.batch_size, "batch_wait_ms": self.options.batch_wait_ms}
 
     @api.post("/v1/{task}/predict")
@@ -99,8 +129,12 @@ class ModelServer:
         function turns image and answer into the response."""
         self.check_task(task)
         routes = getattr(self.loaded.task, "routes", {})
+        state_routes = getattr(self.loaded.task, "state_routes", {})
+        if route in state_routes:
+            return await self.state_route(task, route, state_routes[route], request)
         if route not in routes:
-            raise error(404, f"task {task!r} has no route {route!r}; routes: {', '.join(['predict', *routes])}")
+            raise error(404, f"task {task!r} has no route {route!r}; routes: "
+                             f"{', '.join(['predict', *routes, *state_routes])}")
         parse_query, respond = routes[route]
         try:
             options = parse_query({key: request.query_params.getlist(key) for key in request.query_params})
@@ -117,6 +151,22 @@ class ModelServer:
         if isinstance(result, bytes):
             return Response(result, media_type="image/png")
         return JSONResponse(result)
+
+    async def state_route(self, task: str, route: str, spec: Any, request: Request) -> JSONResponse:
+        """A route on the task's serve state: query checked first, then the images (if the route
+        takes any) through the batched model, then the route's respond in the RouteState replica."""
+        try:
+            options = spec.parse_query({key: request.query_params.getlist(key) for key in request.query_params})
+        except RaycvError as problem:
+            raise error(422, str(problem)) from None
+        answers = []
+        if spec.images:
+            images = await self.read_images(request)
+            answers = await asyncio.gather(*(self.predict_batch(image) for image in images))
+        reply = await self.route_state.respond.remote(route, list(answers), options)
+        if "error" in reply:
+            raise error(422, f"/v1/{task}/{route}: {reply['error']}")
+        return JSONResponse(reply["result"])
 
     def check_task(self, task: str) -> None:
         if task != self.loaded.task.name:
@@ -187,8 +237,28 @@ class ModelServer:
         return predict(self.loaded, images)
 
 
+def state_folder(options: ServeOptions) -> str:
+    """Where the task's serve state lives: --state-dir, else serve_state/ beside the checkpoint
+    (in its run folder, e.g. runs/search/train/serve_state for runs/search/train/best)."""
+    from raycv import storage
+
+    if options.state_dir:
+        return storage.absolute(options.state_dir)
+    return storage.join(storage.absolute(options.checkpoint).rstrip("/").rsplit("/", 1)[0], "serve_state")
+
+
 def build_app(options: ServeOptions) -> serve.Application:
+    from raycv.checkpoint import local_copy, read_meta
+    from raycv.tasks import get_task
+
     options.validate()
+    with local_copy(options.checkpoint) as folder:
+        checkpoint_meta = read_meta(folder)
+    route_state = None
+    if getattr(get_task(checkpoint_meta["task"]), "state_routes", None):
+        # One replica on purpose: the state must be the same for every model replica.
+        route_state = RouteState.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
+            checkpoint_meta["task"], state_folder(options), checkpoint_meta)
     return ModelServer.options(
         autoscaling_config={
             "min_replicas": options.min_replicas,
@@ -202,7 +272,7 @@ def build_app(options: ServeOptions) -> serve.Application:
         # A replica must be able to hold a full batch, plus the next one queuing behind it.
         max_ongoing_requests=2 * options.batch_size,
         ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": options.gpu},
-    ).bind(asdict(options))
+    ).bind(asdict(options), route_state)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -101,9 +101,12 @@ def read_cifar10(path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]
     return splits, {"classes": classes, "image_size": [32, 32], "source": path, "format": "cifar10"}
 
 
-def read_image_folder(path: str, image_size: int = 32) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+def read_image_folder(path: str, image_size: int = 32,
+                      open_set: bool = False) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
     """torchvision's ImageFolder layout, one tree per split: PATH/train/<class>/*.png and
-    PATH/val/<class>/*.png (or test/). Class indices follow the sorted class-folder names of train."""
+    PATH/val/<class>/*.png (or test/). Class indices follow the sorted class-folder names of train.
+    With `open_set`, val may hold classes train lacks (identities never seen in training, on which
+    retrieval is measured): they are numbered after train's, and meta["val_classes"] names them."""
     split_dirs = {"train": "train", "val": "val" if storage.exists(storage.join(path, "val")) else "test"}
     for split, name in split_dirs.items():
         if not storage.is_dir(storage.join(path, name)):
@@ -113,10 +116,14 @@ def read_image_folder(path: str, image_size: int = 32) -> tuple[dict[str, ray.da
     if not classes:
         raise RaycvError(f"image folder {path}/train has no class subfolders")
     class_index = {name: index for index, name in enumerate(classes)}
+    val_classes = []
     splits = {}
     for split, name in split_dirs.items():
         files = []
         for class_name in storage.list_dir(storage.join(path, name)):
+            if class_name not in class_index and open_set and storage.is_dir(storage.join(path, name, class_name)):
+                class_index[class_name] = len(class_index)
+                val_classes.append(class_name)
             if class_name not in class_index:
                 raise RaycvError(f"class folder {path}/{name}/{class_name} is not among the train classes {classes}")
             for file in storage.list_dir(storage.join(path, name, class_name)):
@@ -126,7 +133,8 @@ def read_image_folder(path: str, image_size: int = 32) -> tuple[dict[str, ray.da
             raise RaycvError(f"image folder {path}/{name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         splits[split] = ray.data.read_binary_files(files, include_paths=True).map_batches(
             _label_from_parent_folder, fn_kwargs={"class_index": class_index}, batch_size=256)
-    return splits, {"classes": classes, "image_size": [image_size, image_size], "source": path, "format": "imagefolder"}
+    meta = {"classes": classes, "image_size": [image_size, image_size], "source": path, "format": "imagefolder"}
+    return splits, {**meta, "val_classes": val_classes} if open_set else meta
 
 
 def _label_from_parent_folder(batch: dict[str, np.ndarray], class_index: dict[str, int]) -> dict[str, np.ndarray]:

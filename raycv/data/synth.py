@@ -67,6 +67,7 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
     meta = task.dataset_meta(params)
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
+    split_params = getattr(task, "split_params", None)  # e.g. disjoint identities for train and val
     try:
         for split, count in splits.items():
             # A few blocks per parallel task keeps every core busy to the end; contents do not
@@ -75,7 +76,8 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
             blocks = max(1, min(count, 4 * parallelism, -(-count // 16)))
             dataset = ray.data.range(count, override_num_blocks=blocks).map_batches(
                 _synthesize_batch,
-                fn_kwargs={"task_name": task.name, "seed": seed, "split": split, "params": params},
+                fn_kwargs={"task_name": task.name, "seed": seed, "split": split,
+                           "params": split_params(split, params, seed) if split_params else params},
                 batch_size=min(batch_size, -(-count // blocks)),
                 concurrency=workers,
             )

@@ -14,8 +14,9 @@ class Normalized(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        # Extra inputs (an embedding net's training labels) pass through unnormalised.
+        return self.net((x - self.mean) / self.std, *args)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,6 +14,7 @@ TASK_MODULES = {
     "detect": "raycv.tasks.detect",
     "boxreg": "raycv.tasks.boxreg",
     "segment": "raycv.tasks.segment",
+    "search": "raycv.tasks.search",
 }
 
 

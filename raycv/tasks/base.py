@@ -20,11 +20,27 @@ getattr(task, ..., {}) and knows nothing else about:
   `respond(image, answer, **options)`: JSON for a JSON-able value, image/png for bytes (a RaycvError
   here is a 422 too). `answer` is the task's postprocess output for the image. Example:
   /v1/segment/danmu?text=hello.
+- `state_routes = {"ROUTE": StateRoute(parse_query, respond, images=True)}` with a method
+  `open_route_state(folder, checkpoint_meta) -> state`: POST /v1/TASK/ROUTE on state the Serve app keeps
+  for the task (search: the gallery index). The state lives in one extra Serve deployment with a single
+  replica, so every model replica sees the same state and changes apply one at a time; serve.py opens
+  it with the folder ServeOptions.state_dir (default: serve_state/ in the checkpoint's run folder) and
+  the checkpoint's meta.json, and the state persists itself there. A request's query goes through
+  `parse_query` as for `routes`; with `images=True` its images (one or more, sent as for /predict) run
+  through the batched model; then `respond(state, answers, **options)` runs in the state replica and
+  its JSON-able result is the response. A RaycvError from either function is a 422 with its message.
+  Example: /v1/search/index?id=alice, /v1/search/query?k=5.
+- `train_options = {"NAME": (default, help)}`: training options of this task alone. cli.py adds
+  `--NAME` to `train` and `tune` (typed like the default) and stores a given value in
+  `TrainConfig.extra[NAME]`; the task reads `cfg.extra.get(NAME, default)`. Example: `--head softmax`.
+- `split_params(split, params, seed) -> params`: the generator parameters for one split of a dataset
+  synthesized with `seed` (search: training and validation splits get disjoint identities).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import ray.data
@@ -34,6 +50,15 @@ from torch import nn
 from raycv.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StateRoute:
+    """A Serve route on the task's serve state (see `state_routes` above)."""
+
+    parse_query: Callable[[dict[str, list[str]]], dict[str, Any]]
+    respond: Callable[..., Any]  # respond(state, answers, **options), in the state replica
+    images: bool = True  # the request carries images, run through the model before respond
 
 
 class Task(Protocol):

@@ -1,0 +1,512 @@
+"""Identity search (textbook chapter 7): embed face crops so that photos of one person lie close
+together, index a gallery of embeddings, and find who a new photo shows.
+
+The book trains a ResNet-18 to a 512-d embedding under a CosFace head (s = 30, m = 0.4) on PubFig
+and reports 74-78 % validation accuracy on known identities; its printed code never trains the CosFace
+weights and searches unnormalised vectors by Euclidean distance with a KD-tree. raycv:
+
+- data: procedural identities (raycv/data/faces.py) synthesized by Ray Data; the training split holds
+  identities 0..train_identities-1 and every other split holds `val_identities` others, never seen in
+  training (open set). Real face crops: an ImageFolder tree PATH/train/<identity>/*, PATH/val/<identity>/*
+  whose val identities may (and for an open-set score, should) be new.
+- model: CIFAR ResNet-18 (width multiplier) -> D-d embedding (BatchNorm'd linear), trained through a
+  CosFace head whose weights are trained with it, or a plain softmax head (`--head softmax`, the
+  baseline). Serving and search use the L2-normalised embedding.
+- metrics, on the val split (unseen identities): every image queries all others (leave-one-out);
+  recall_at_1 / recall_at_5 = share of queries with a photo of the same identity among the top 1 / 5,
+  map = mean average precision over all of the identity's other photos. Queries whose identity has no
+  other photo are left out.
+- index: raycv/index.py (cosine; FAISS flat or HNSW, scikit-learn brute force without FAISS).
+- extras: `raycv search gallery` embeds a folder or dataset split with a Ray Data actor pool into an
+  index; `raycv search query` searches one; `raycv search pairs` is the book's pair-similarity demo;
+  `raycv search compare-heads` trains CosFace and softmax on the same data and prints both; the Serve
+  app gets POST /v1/search/index?id=..., /v1/search/query?k=..., /v1/search/remove?id=... on a
+  persisted gallery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Iterable
+
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from torch import nn
+
+from raycv import storage
+from raycv.config import TrainConfig
+from raycv.data import augment, formats
+from raycv.data.faces import identity_traits, render_face
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.errors import RaycvError
+from raycv.index import KINDS, EmbeddingIndex
+from raycv.models.cifar import CifarResNet
+from raycv.models.common import Normalized
+from raycv.models.embedding import COSFACE_MARGIN, COSFACE_SCALE, HEADS, EmbeddingNet, build_head
+from raycv.tasks.base import StateRoute
+from raycv.tasks.classify import MEAN, STD, resize_all
+
+TRAIN_OPTIONS = {
+    "head": ("cosface", f"training head: {' or '.join(HEADS)} (the baseline)"),
+    "embedding_dim": (512, "embedding size (the book's 512)"),
+    "cosface_scale": (COSFACE_SCALE, "CosFace scale s"),
+    "cosface_margin": (COSFACE_MARGIN, "CosFace margin m"),
+}
+RECALL_AT = (1, 5)
+DEFAULT_K, MAX_K = 5, 1000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retrieval metrics.
+# ---------------------------------------------------------------------------------------------------
+
+
+def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = RECALL_AT,
+                      chunk: int = 1024) -> dict[str, float]:
+    """Leave-one-out retrieval among `embeddings` (N, D, L2-normalised) labelled by identity: recall@k
+    (a same-identity photo among the top k) and mAP, over queries that have at least one positive."""
+    embeddings, labels = embeddings.float(), labels.long()
+    n = len(labels)
+    hits = {k: 0.0 for k in ks}
+    ap_sum, queries = 0.0, 0
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(start + chunk, n), device=labels.device)
+        similarity = embeddings[rows] @ embeddings.T
+        similarity[torch.arange(len(rows)), rows] = -float("inf")  # a photo does not find itself
+        order = similarity.argsort(dim=1, descending=True)[:, :-1]  # drop self, now last
+        relevant = labels[order] == labels[rows, None]
+        positives = relevant.sum(dim=1)
+        valid = positives > 0
+        queries += int(valid.sum())
+        for k in ks:
+            hits[k] += float(relevant[:, :k].any(dim=1)[valid].sum())
+        ranks = torch.arange(1, n, device=labels.device, dtype=torch.float32)
+        precision = relevant.cumsum(dim=1) / ranks
+        ap = (precision * relevant).sum(dim=1) / positives.clamp(min=1)
+        ap_sum += float(ap[valid].sum())
+    if queries == 0:
+        raise RaycvError(f"no identity among {n} validation images has two photos: recall cannot be measured")
+    return {**{f"recall_at_{k}": hits[k] / queries for k in ks}, "map": ap_sum / queries, "queries": float(queries)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gallery a Serve app keeps: an index persisted in the state folder.
+# ---------------------------------------------------------------------------------------------------
+
+
+class Gallery:
+    """The index of a served model, saved to `folder` after every change."""
+
+    def __init__(self, folder: str, embedding_dim: int):
+        self.folder = folder
+        if storage.exists(storage.join(folder, "index.json")):
+            self.index = EmbeddingIndex.load(folder)
+            if self.index.dim != embedding_dim:
+                raise RaycvError(f"the index in {folder} holds {self.index.dim}-d embeddings but the model makes "
+                                 f"{embedding_dim}-d ones: serve with another --state-dir")
+        else:
+            self.index = EmbeddingIndex(embedding_dim)
+
+    def save(self) -> None:
+        self.index.save(self.folder)
+
+
+def open_gallery(folder: str, checkpoint_meta: dict[str, Any]) -> Gallery:
+    return Gallery(folder, int(checkpoint_meta["config"]["extra"].get("embedding_dim", TRAIN_OPTIONS["embedding_dim"][0])))
+
+
+def answer_embeddings(answers: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([answer["embedding"] for answer in answers], dtype=np.float32)
+
+
+def parse_ids(query: dict[str, list[str]]) -> dict[str, Any]:
+    ids = query.get("id", [])
+    if not ids:
+        raise RaycvError("missing query parameter 'id': one per image, e.g. ?id=alice (or ?id=a&id=b for two)")
+    return {"ids": ids}
+
+
+def parse_k(query: dict[str, list[str]]) -> dict[str, Any]:
+    text = query.get("k", [str(DEFAULT_K)])[-1]
+    try:
+        k = int(text)
+    except ValueError:
+        raise RaycvError(f"invalid k={text!r}: expected an integer in 1..{MAX_K}") from None
+    if not 1 <= k <= MAX_K:
+        raise RaycvError(f"invalid k={k}: expected an integer in 1..{MAX_K}")
+    return {"k": k}
+
+
+def add_to_gallery(gallery: Gallery, answers: list[dict[str, Any]], ids: list[str]) -> dict[str, Any]:
+    if len(ids) != len(answers):
+        raise RaycvError(f"{len(ids)} id(s) for {len(answers)} image(s): give one ?id= per image, in order")
+    gallery.index.add(ids, answer_embeddings(answers))
+    gallery.save()
+    return {"added": ids, "size": len(gallery.index)}
+
+
+def search_gallery(gallery: Gallery, answers: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    results = gallery.index.query(answer_embeddings(answers), k)
+    return {"results": [[{"id": item, "score": round(score, 6)} for item, score in row] for row in results]}
+
+
+def remove_from_gallery(gallery: Gallery, answers: list[Any], ids: list[str]) -> dict[str, Any]:
+    removed = gallery.index.remove(ids)
+    gallery.save()
+    return {"removed": removed, "size": len(gallery.index)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gallery embedding with a Ray Data actor pool.
+# ---------------------------------------------------------------------------------------------------
+
+
+class Embedder:
+    """A model replica for Ray Data's actor pool: rows of image bytes to (key, embedding)."""
+
+    def __init__(self, checkpoint_path: str):
+        from raycv.checkpoint import load_model
+        from raycv.inference import default_device
+
+        self.loaded = load_model(checkpoint_path, "search", default_device())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from raycv.inference import predict
+
+        column = "bytes" if "bytes" in batch else "image"
+        images = [decode_image(data) for data in batch[column]]
+        embeddings = answer_embeddings(predict(self.loaded, images))
+        return {"key": batch["key"], "embedding": embeddings}
+
+
+def embed_rows(checkpoint_path: str, rows: ray.data.Dataset, concurrency: int, batch_size: int,
+               cpus_per_actor: float) -> tuple[list[str], np.ndarray]:
+    """Embeddings of every row ("key" and image bytes) with `concurrency` model actors."""
+    embedded = rows.map_batches(Embedder, fn_constructor_kwargs={"checkpoint_path": checkpoint_path},
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
+                                batch_size=batch_size, num_cpus=cpus_per_actor)
+    keys, vectors = [], []
+    for batch in embedded.iter_batches(batch_size=4096, batch_format="numpy"):
+        keys.extend(str(key) for key in batch["key"])
+        vectors.append(np.asarray(batch["embedding"], dtype=np.float32))
+    return keys, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+
+
+def gallery_rows(args: argparse.Namespace) -> ray.data.Dataset:
+    """The images to index: a folder (ids are paths relative to it) or a dataset split (ids are
+    IDENTITY/ROW)."""
+    if args.images:
+        folder = storage.absolute(args.images).rstrip("/")
+        if not storage.is_dir(folder):
+            raise RaycvError(f"image folder not found: {folder}")
+        files = ray.data.read_binary_files(folder, include_paths=True, file_extensions=[
+            extension.lstrip(".") for extension in formats.IMAGE_EXTENSIONS])
+        return files.map_batches(lambda batch: {"key": np.array([p[len(folder) + 1:] for p in batch["path"]]),
+                                                "bytes": batch["bytes"]}, batch_size=1024)
+    from raycv.data.synth import open_dataset
+
+    splits, _ = open_dataset(TASK, args.data)
+    if args.split not in splits:
+        raise RaycvError(f"dataset {args.data} has no split {args.split!r}; splits: {', '.join(splits)}")
+    if "id" not in splits[args.split].schema().names:
+        raise RaycvError(f"{args.data} is not a synthesized search dataset: index an image folder with --images")
+    return splits[args.split].map_batches(
+        lambda batch: {"key": np.array([f"{label}/{row}" for label, row in zip(batch["label"], batch["id"])]),
+                       "image": batch["image"]}, batch_size=1024)
+
+
+def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained search checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="a folder of images (any depth); an image's id is its path in the folder")
+    source.add_argument("--data", help="a search dataset; ids are IDENTITY/ROW")
+    parser.add_argument("--split", default="val", help="with --data: the split to index")
+    parser.add_argument("--out", required=True, help="the index folder (serve it with --state-dir)")
+    parser.add_argument("--kind", default="flat", choices=KINDS, help="flat: exact; hnsw: approximate, faster on "
+                                                                      "large galleries (needs FAISS)")
+    parser.add_argument("--concurrency", type=int, default=2, help="model actors")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor")
+
+
+def run_gallery(args: argparse.Namespace) -> int:
+    """embed a folder or dataset split into a search index (Ray Data actor pool)"""
+    import time
+
+    from raycv.checkpoint import load_model
+    from raycv.runtime import init_ray
+
+    loaded = load_model(args.checkpoint, "search")  # fail fast on a wrong checkpoint
+    init_ray()
+    started = time.perf_counter()
+    keys, vectors = embed_rows(args.checkpoint, gallery_rows(args), args.concurrency, args.batch_size,
+                               args.cpus_per_actor)
+    if not keys:
+        raise RaycvError("no images found to index")
+    index = EmbeddingIndex(int(loaded.config.extra.get("embedding_dim", 512)), args.kind)
+    index.add(keys, vectors)
+    index.save(storage.absolute(args.out))
+    seconds = time.perf_counter() - started
+    print(f"{args.out}: {len(index)} images indexed ({args.kind}) in {seconds:.1f} s ({len(index) / seconds:.0f} images/s)")
+    return 0
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="the search checkpoint the index was built with")
+    parser.add_argument("--index", required=True, help="an index folder (raycv search gallery --out)")
+    parser.add_argument("-k", type=int, default=DEFAULT_K, help="results per image")
+    parser.add_argument("images", nargs="+", help="query images")
+
+
+def run_query(args: argparse.Namespace) -> int:
+    """find the most similar gallery images to each query image"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict, read_image_files
+
+    loaded = load_model(args.checkpoint, "search", default_device())
+    gallery = open_gallery(storage.absolute(args.index), loaded.meta)
+    answers = predict(loaded, read_image_files(args.images))
+    for path, row in zip(args.images, search_gallery(gallery, answers, parse_k({"k": [str(args.k)]})["k"])["results"]):
+        print(f"{path}: {json.dumps(row)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The book's pair-similarity demo.
+# ---------------------------------------------------------------------------------------------------
+
+
+def demo_pairs(split: ray.data.Dataset, identities: int, per_identity: int = 2) -> tuple[list[np.ndarray], list[int]]:
+    """`per_identity` photos each of the first `identities` identities that have that many."""
+    chosen: dict[int, list[np.ndarray]] = {}
+    for row in split.iter_rows():
+        photos = chosen.setdefault(int(row["label"]), [])
+        if len(photos) < per_identity:
+            photos.append(decode_image(row["image"]))
+        full = [label for label, photos in chosen.items() if len(photos) == per_identity]
+        if len(full) >= identities:
+            break
+    labels = [label for label, photos in chosen.items() if len(photos) == per_identity][:identities]
+    return [photo for label in labels for photo in chosen[label]], [label for label in labels for _ in range(per_identity)]
+
+
+def similarity_figure(images: list[np.ndarray], similarity: np.ndarray, names: list[str], out: str) -> None:
+    """The pairs table as a picture: the photos along both sides, each cell the cosine similarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    figure, axes = plt.subplots(n + 1, n + 1, figsize=(1.1 * (n + 1), 1.1 * (n + 1)))
+    for axis in axes.ravel():
+        axis.axis("off")
+    for i, image in enumerate(images):
+        axes[0, i + 1].imshow(image)
+        axes[0, i + 1].set_title(names[i], fontsize=6)
+        axes[i + 1, 0].imshow(image)
+        for j in range(n):
+            value = float(similarity[i, j])
+            axes[i + 1, j + 1].imshow([[value]], cmap="RdYlGn", vmin=-0.2, vmax=1.0)
+            axes[i + 1, j + 1].text(0, 0, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    figure.suptitle("cosine similarity of embeddings (same identity: high)", fontsize=8)
+    figure.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained search checkpoint")
+    parser.add_argument("--data", help="take photos from this dataset (two per identity)")
+    parser.add_argument("--split", default="val", help="with --data: the split (val: identities unseen in training)")
+    parser.add_argument("--identities", type=int, default=4, help="with --data: how many identities")
+    parser.add_argument("--out", help="also draw the table to this PNG")
+    parser.add_argument("images", nargs="*", help="or: image files to compare with each other")
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    """cosine similarity of every pair of photos (textbook 7: same identity high, others low)"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict, read_image_files
+    from raycv.report import table
+
+    loaded = load_model(args.checkpoint, "search", default_device())
+    if args.images:
+        images, names = read_image_files(args.images), [path.rsplit("/", 1)[-1] for path in args.images]
+        labels = None
+    elif args.data:
+        from raycv.data.synth import open_dataset
+        from raycv.runtime import init_ray
+
+        init_ray()
+        splits, _ = open_dataset(TASK, args.data)
+        if args.split not in splits:
+            raise RaycvError(f"dataset {args.data} has no split {args.split!r}; splits: {', '.join(splits)}")
+        images, labels = demo_pairs(splits[args.split], args.identities)
+        names = [f"id {label}" for label in labels]
+    else:
+        raise RaycvError("give image files to compare, or --data DATASET to take photos from")
+    if len(images) < 2:
+        raise RaycvError("need at least two images to compare")
+    embeddings = answer_embeddings(predict(loaded, images))
+    similarity = embeddings @ embeddings.T
+    print(table([{"": names[i], **{f"{j}": f"{similarity[i, j]:.3f}" for j in range(len(names))}}
+                 for i in range(len(names))], "cosine similarity"))
+    if labels is not None:
+        same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
+        different = ~np.equal.outer(labels, labels)
+        print(f"same identity: mean {similarity[same].mean():.3f}   different identities: mean "
+              f"{similarity[different].mean():.3f} (max {similarity[different].max():.3f})")
+    if args.out:
+        similarity_figure(images, similarity, names, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# CosFace against softmax, same data and settings.
+# ---------------------------------------------------------------------------------------------------
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from raycv.cli import add_config_flags
+
+    parser.add_argument("--data", required=True, help="dataset folder or URI")
+    add_config_flags(parser, "search")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """train with the CosFace head and with a plain softmax head, and compare open-set retrieval"""
+    import time
+
+    from raycv.cli import config_from_args
+    from raycv.report import table
+    from raycv.runtime import init_ray
+    from raycv.train import fit
+
+    cfg = config_from_args("search", args)
+    base = cfg.name or "heads"
+    init_ray()
+    rows = []
+    for head in HEADS:
+        started = time.perf_counter()
+        result = fit(TASK, cfg.replace(name=f"{base}-{head}", extra={**cfg.extra, "head": head}), args.data)
+        best = result.best_metrics
+        rows.append({"head": head, "epochs": cfg.epochs, "train_s": round(time.perf_counter() - started, 1),
+                     **{key: round(best[f"val_{key}"], 4) for key in ("recall_at_1", "recall_at_5", "map")},
+                     "checkpoint": result.best_checkpoint})
+    print(table(rows, f"search heads on {args.data}: retrieval of identities unseen in training"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------
+
+
+class SearchTask:
+    name = "search"
+    metric = "recall_at_1"
+    metric_mode = "max"
+    synth_defaults = {"image_size": 32, "train_identities": 1000, "val_identities": 200}
+    model_names = ("resnet18",)
+    train_options = TRAIN_OPTIONS
+    cli_verbs = {"gallery": (add_gallery_arguments, run_gallery), "query": (add_query_arguments, run_query),
+                 "pairs": (add_pairs_arguments, run_pairs), "compare-heads": (add_compare_arguments, run_compare)}
+    state_routes = {"index": StateRoute(parse_ids, add_to_gallery), "query": StateRoute(parse_k, search_gallery),
+                    "remove": StateRoute(parse_ids, remove_from_gallery, images=False)}
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(model="resnet18", width=0.25, epochs=8, batch_size=128, lr=3e-3, optimizer="adamw",
+                           weight_decay=5e-4, cpus_per_worker=2,
+                           extra={name: default for name, (default, _) in TRAIN_OPTIONS.items()})
+
+    def open_route_state(self, folder: str, checkpoint_meta: dict[str, Any]) -> Gallery:
+        return open_gallery(folder, checkpoint_meta)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        size, train, val = (int(params[key]) for key in ("image_size", "train_identities", "val_identities"))
+        checks = [(size >= 16, "image_size", size, ">= 16"), (train >= 2, "train_identities", train, ">= 2"),
+                  (val >= 2, "val_identities", val, ">= 2")]
+        for ok, key, value, expected in checks:
+            if not ok:
+                raise RaycvError(f"invalid {key}={value!r}: expected {expected}")
+        return {"image_size": [size, size], "train_identities": train, "val_identities": val}
+
+    def split_params(self, split: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Training photos show identities 0..train_identities-1, every other split the next
+        val_identities: disjoint, so validation measures identities the model never saw."""
+        train = int(params["train_identities"])
+        first, count = (0, train) if split == "train" else (train, int(params["val_identities"]))
+        return {**params, "identity_seed": seed, "first_identity": first, "identity_count": count}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        first = int(params.get("first_identity", 0))
+        identity = first + int(rng.integers(int(params.get("identity_count", params["train_identities"]))))
+        traits = identity_traits(int(params.get("identity_seed", 0)), identity)
+        return {"image": encode_png(render_face(rng, traits, int(params["image_size"]))), "label": identity}
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        size = int(self.synth_defaults["image_size"])
+        splits, meta = formats.read_image_folder(path, image_size=size, open_set=True)
+        names = meta["classes"] + meta["val_classes"]
+        return splits, {"image_size": [size, size], "train_identities": len(meta["classes"]),
+                        "val_identities": len(meta["val_classes"]), "identity_names": names, "source": path,
+                        "format": "imagefolder"}
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        images = [decode_image(data) for data in batch["image"]]
+        return {"image": resize_all(images, tuple(meta["image_size"])), "label": np.asarray(batch["label"], dtype=np.int64)}
+
+    # -- model ---------------------------------------------------------------------------------
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in self.model_names:
+            raise RaycvError(f"unknown model {cfg.model!r} for task search; valid models: {', '.join(self.model_names)}")
+        options = {name: cfg.extra.get(name, default) for name, (default, _) in TRAIN_OPTIONS.items()}
+        if options["head"] not in HEADS:
+            raise RaycvError(f"invalid head={options['head']!r}: expected one of {', '.join(HEADS)}")
+        dim = options["embedding_dim"]
+        if not isinstance(dim, int) or dim < 2:
+            raise RaycvError(f"invalid embedding_dim={dim!r}: expected an integer >= 2")
+        if options["cosface_scale"] <= 0 or not 0 <= options["cosface_margin"] < 1:
+            raise RaycvError(f"invalid CosFace s={options['cosface_scale']}, m={options['cosface_margin']}: "
+                             "expected s > 0 and 0 <= m < 1")
+        backbone = nn.Sequential(CifarResNet(num_classes=dim, width=cfg.width), nn.BatchNorm1d(dim))
+        head = build_head(options["head"], dim, int(meta["train_identities"]), options["cosface_scale"],
+                          options["cosface_margin"])
+        return Normalized(EmbeddingNet(backbone, head), MEAN, STD)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        # Shifts only: a mirror image is another identity here (a mole or a hair parting changes side).
+        side = batch["image"].shape[1]
+        return {**batch, "image": augment.random_translate(to_model_input(batch["image"]), pad=max(1, side // 10))}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        logits = model(to_model_input(batch["image"]), batch["label"])
+        return nn.functional.cross_entropy(logits.float(), batch["label"])
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        # CatMetric gathers every DDP worker's shard on compute(): retrieval needs the whole split.
+        embeddings, labels = torchmetrics.CatMetric().to(device), torchmetrics.CatMetric().to(device)
+        for batch in batches:
+            embeddings.update(model(to_model_input(batch["image"])).float())
+            labels.update(batch["label"].float())
+        return retrieval_metrics(embeddings.compute(), labels.compute().long())
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image: its L2-normalised embedding."""
+        return [{"embedding": [round(float(value), 6) for value in row]} for row in outputs.detach().float().cpu().numpy()]
+
+
+TASK = SearchTask()
