@@ -263,7 +263,8 @@ def run_predict(task_name: str, args: argparse.Namespace) -> None:
         from raycv.checkpoint import load_model
 
         loaded = load_model(args.checkpoint, task_name, inference.default_device())
-        answers = inference.predict(loaded, inference.read_image_files(args.images))
+        answers = inference.predict(loaded, inference.read_image_files(args.images,
+                                                                       getattr(loaded.task, "image_mode", "RGB")))
     for path, answer in zip(args.images, answers):
         print(f"{path}: {json.dumps(answer)}")
 

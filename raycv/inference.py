@@ -38,13 +38,14 @@ def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: in
     return {**metrics, "samples": decoded.count()}
 
 
-def read_image_files(paths: list[str]) -> list[np.ndarray]:
+def read_image_files(paths: list[str], mode: str = "RGB") -> list[np.ndarray]:
+    """Decoded files, uint8 HWC in `mode` (a task's image_mode: "RGB", or "RGBA" for inpaint)."""
     images = []
     for path in paths:
         if not storage.exists(path):
             raise RaycvError(f"image not found: {path}")
         try:
-            images.append(decode_image(storage.read_bytes(path)))
+            images.append(decode_image(storage.read_bytes(path), mode=mode))
         except ValueError as error:
             raise RaycvError(f"cannot read image {path}: {error}") from None
     return images
@@ -89,12 +90,13 @@ class FolderPredictor:
 
     def __init__(self, checkpoint_path: str, task_name: str | None):
         self.loaded = checkpoint.load_model(checkpoint_path, task_name, default_device())
+        self.image_mode = getattr(self.loaded.task, "image_mode", "RGB")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, errors = [], []
         for data in batch["bytes"]:
             try:
-                images.append(decode_image(data))
+                images.append(decode_image(data, mode=self.image_mode))
                 errors.append("")
             except ValueError as error:  # one unreadable file must not fail the whole folder
                 errors.append(str(error))

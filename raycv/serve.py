@@ -50,9 +50,9 @@ def error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def decode_or_raise(data: bytes, max_pixels: int, what: str) -> np.ndarray:
+def decode_or_raise(data: bytes, max_pixels: int, what: str, mode: str = "RGB") -> np.ndarray:
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_image(data, mode=mode, max_pixels=max_pixels)
     except ImageTooLarge as problem:
         raise error(413, f"{what}: {problem}") from None
     except ValueError as problem:
@@ -97,6 +97,7 @@ class ModelServer:
         if device.type == "cpu":
             torch.set_num_threads(max(1, int(self.options.cpus_per_replica)))
         self.loaded = load_model(self.options.checkpoint, self.options.task, device)
+        self.image_mode = getattr(self.loaded.task, "image_mode", "RGB")  # Task.image_mode, see tasks/base.py
         self.device = device
         self.predict_batch.set_max_batch_size(self.options.batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
@@ -184,11 +185,12 @@ class ModelServer:
         if content_type in RAW_IMAGE_TYPES:
             if not body:
                 raise error(422, "empty request body: send the image bytes")
-            return [decode_or_raise(body, self.options.max_pixels, "body")]
+            return [decode_or_raise(body, self.options.max_pixels, "body", self.image_mode)]
         if content_type == "multipart/form-data":
-            return [decode_or_raise(await self.form_image(request), self.options.max_pixels, "form field 'image'")]
+            return [decode_or_raise(await self.form_image(request), self.options.max_pixels, "form field 'image'",
+                                    self.image_mode)]
         if content_type == "application/json":
-            return [decode_or_raise(data, self.options.max_pixels, f"images[{index}]")
+            return [decode_or_raise(data, self.options.max_pixels, f"images[{index}]", self.image_mode)
                     for index, data in enumerate(self.json_images(body))]
         raise error(415, f"unsupported content type {content_type or '(none)'!r}: send one of "
                          f"{', '.join(RAW_IMAGE_TYPES)}, multipart/form-data with field 'image', "

@@ -14,6 +14,10 @@ TASK_MODULES = {
     "detect": "raycv.tasks.detect",
     "boxreg": "raycv.tasks.boxreg",
     "segment": "raycv.tasks.segment",
+    "superres": "raycv.tasks.superres",
+    "inpaint": "raycv.tasks.inpaint",
+    "compress_ae": "raycv.tasks.compress_ae",
+    "dcgan": "raycv.tasks.dcgan",
     "search": "raycv.tasks.search",
 }
 

@@ -1,0 +1,309 @@
+"""Learned image compression (textbook chapter 8): a ResNet-18-encoder autoencoder with a quantized,
+range-coded latent (`--model ae`), and the AE+GAN variant (`--model aegan`) trained with the book's
+feature-matching loss plus the adversarial term the book forgot.
+
+Bits per pixel are real: the latent's integer symbols are range-coded (constriction) with the
+per-channel symbol probabilities the model learned during training, and bpp is the length of that
+bitstream (plus a 4-byte size header) over the image's pixels. Quality is PSNR and SSIM on RGB.
+
+Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image folder.
+
+Training options (Task.train_options): --loss l1|mse (reconstruction), --latent-channels, --levels
+(symbols per latent value), --feature-matching-weight and --adversarial-weight (aegan only).
+
+Metrics (val): psnr (ranks checkpoints), ssim, bpp, latent_per_pixel (symbols per pixel) and the
+reconstruction loss. `raycv compress_ae eval-photos --checkpoint A [--checkpoint B]` scores whole
+held-out photographs beside JPEG at the same or fewer bits; POST /v1/compress_ae/predict answers the
+bitstream and the reconstruction, POST /v1/compress_ae/reconstruct the reconstruction as image/png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import struct
+from typing import Any, Iterable
+
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from PIL import Image
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data import pixels
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.errors import RaycvError
+from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
+
+MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder}
+LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
+TRAIN_OPTIONS = {
+    "loss": ("l1", "reconstruction loss: l1 (the book's) or mse"),
+    "latent_channels": (16, "channels of the 1/8-resolution latent (16: a quarter symbol per pixel)"),
+    "levels": (5, "symbols per latent value, odd (5: -2..2)"),
+    "feature_matching_weight": (0.1, "aegan: weight of the discriminator feature-matching loss"),
+    "adversarial_weight": (0.01, "aegan: weight of the generator's adversarial loss"),
+}
+HEADER = struct.Struct(">HH")  # the latent's height and width; its channels come with the model
+
+
+def option(cfg: TrainConfig, name: str) -> Any:
+    default = TRAIN_OPTIONS[name][0]
+    return type(default)(cfg.extra.get(name, default))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entropy coding.
+# ---------------------------------------------------------------------------------------------------
+
+
+def encode_symbols(symbols: np.ndarray, probabilities: np.ndarray) -> bytes:
+    """(C, h, w) integer symbols centred on 0 -> header + range-coded bitstream, each channel with its
+    own categorical model (`probabilities`, (C, levels))."""
+    import constriction
+
+    channels, height, width = symbols.shape
+    half = (probabilities.shape[1] - 1) // 2
+    indices = (symbols.astype(np.int64) + half).reshape(channels, -1)
+    per_symbol = np.repeat(probabilities.astype(np.float32), height * width, axis=0)
+    coder = constriction.stream.queue.RangeEncoder()
+    coder.encode(indices.reshape(-1).astype(np.int32), constriction.stream.model.Categorical(perfect=False), per_symbol)
+    return HEADER.pack(height, width) + coder.get_compressed().tobytes()
+
+
+def decode_symbols(data: bytes, probabilities: np.ndarray) -> np.ndarray:
+    """The inverse of encode_symbols."""
+    import constriction
+
+    height, width = HEADER.unpack_from(data)
+    channels, levels = probabilities.shape
+    words = np.frombuffer(data[HEADER.size:], dtype=np.uint32)
+    per_symbol = np.repeat(probabilities.astype(np.float32), height * width, axis=0)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    indices = decoder.decode(constriction.stream.model.Categorical(perfect=False), per_symbol)
+    return (indices.astype(np.int64) - (levels - 1) // 2).reshape(channels, height, width)
+
+
+def latent_size(height: int, width: int) -> tuple[int, int]:
+    return -(-height // DOWNSAMPLE), -(-width // DOWNSAMPLE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Held-out photographs: the model against JPEG at the same bits.
+# ---------------------------------------------------------------------------------------------------
+
+
+def jpeg_at_most(image: np.ndarray, bits: float) -> tuple[np.ndarray, float, int]:
+    """The best JPEG (highest quality, 4:2:0, optimised Huffman tables) whose file has at most `bits`
+    bits; (decoded image, its bpp, quality). Quality 1 if even that is larger."""
+    best = None
+    for quality in range(1, 96):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality, optimize=True)
+        if best is not None and 8 * buffer.tell() > bits:
+            break
+        best = (buffer.getvalue(), quality)
+    data, quality = best
+    return decode_image(data), 8 * len(data) / (image.shape[0] * image.shape[1]), quality
+
+
+def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
+                 out: str | None = None) -> list[dict[str, Any]]:
+    """Per photo and codec (each checkpoint, then JPEG at no more bits than the first): bpp, PSNR and
+    SSIM on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict
+
+    models = [load_model(path, "compress_ae", default_device()) for path in checkpoints]
+    rows = []
+    for name, photo in pixels.real_photos(names).items():
+        pictures = [("original", photo)]
+        first_bits = None
+        for loaded in models:
+            answer = predict(loaded, [photo])[0]
+            result = decode_image(base64.b64decode(answer["image_png"]))
+            first_bits = first_bits or 8 * answer["bytes"]
+            psnr, ssim = pixels.psnr_ssim(result, photo, luma=False)
+            label = loaded.meta["config"]["model"]
+            rows.append({"image": name, "codec": label, "bpp": round(answer["bpp"], 3), "psnr": round(psnr, 2),
+                         "ssim": round(ssim, 4)})
+            pictures.append((f"{label} {answer['bpp']:.2f} bpp {psnr:.1f} dB", result))
+        jpeg, jpeg_bpp, quality = jpeg_at_most(photo, first_bits)
+        psnr, ssim = pixels.psnr_ssim(jpeg, photo, luma=False)
+        rows.append({"image": name, "codec": f"jpeg q{quality}", "bpp": round(jpeg_bpp, 3), "psnr": round(psnr, 2),
+                     "ssim": round(ssim, 4)})
+        pictures.append((f"JPEG {jpeg_bpp:.2f} bpp {psnr:.1f} dB", jpeg))
+        if out:
+            os.makedirs(out, exist_ok=True)
+            top, left = pixels.busiest_window(photo, 128)
+            box = (top, left, min(128, photo.shape[0]), min(128, photo.shape[1]))
+            panels = pixels.side_by_side([(label, pixels.zoom(image, box, 2)) for label, image in pictures])
+            with open(os.path.join(out, f"{name}_compress.png"), "wb") as file:
+                file.write(encode_png(panels))
+    codecs = list(dict.fromkeys(row["codec"].split(" q")[0] for row in rows))
+    for codec in codecs:
+        mine = [row for row in rows if row["codec"].split(" q")[0] == codec and row["image"] != "mean"]
+        rows.append({"image": "mean", "codec": codec, **{key: round(float(np.mean([row[key] for row in mine])), 4 if key == "ssim" else 3 if key == "bpp" else 2)
+                                                       for key in ("bpp", "psnr", "ssim")}})
+    return rows
+
+
+def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="a trained compress_ae checkpoint (repeatable: ae and aegan side by side)")
+    parser.add_argument("--photos", default="", help="comma-separated subset of "
+                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
+    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+
+
+def run_eval_photos(args: argparse.Namespace) -> int:
+    """bpp, PSNR and SSIM of each checkpoint and of JPEG at no more bits, per held-out photograph"""
+    from raycv.report import table
+
+    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
+    rows = score_photos(args.checkpoint, names, args.out or None)
+    print(table(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; JPEG at "
+                      "no more bits than the first checkpoint)"))
+    if args.out:
+        with open(os.path.join(args.out, "photos.json"), "w") as file:
+            json.dump(rows, file, indent=2)
+        print(f"side-by-side PNGs and photos.json: {args.out}")
+    return 0
+
+
+def parse_reconstruct_query(query: dict[str, list[str]]) -> dict[str, Any]:
+    if query:
+        raise RaycvError(f"/v1/compress_ae/reconstruct takes no query parameters (got {', '.join(sorted(query))})")
+    return {}
+
+
+def reconstruction_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
+    return base64.b64decode(answer["image_png"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------
+
+
+def autoencoder_of(model: nn.Module) -> QuantizedAutoencoder:
+    """The autoencoder inside a model (DDP-wrapped or not, AE or AE+GAN)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "autoencoder", model)
+
+
+class CompressAETask:
+    name = "compress_ae"
+    metric = "psnr"
+    metric_mode = "max"
+    synth_defaults = {"image_size": 64, "images_dir": ""}
+    model_names = tuple(MODELS)
+    train_options = TRAIN_OPTIONS
+    routes = {"reconstruct": (parse_reconstruct_query, reconstruction_png)}
+    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos)}
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(model="ae", width=0.5, epochs=10, batch_size=32, lr=2e-3, optimizer="adamw",
+                           weight_decay=1e-4, amp="off", cpus_per_worker=2)
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        size = int(params["image_size"])
+        if size < 4 * DOWNSAMPLE or size % DOWNSAMPLE:
+            raise RaycvError(f"invalid image_size={size}: expected a multiple of {DOWNSAMPLE} >= {4 * DOWNSAMPLE}")
+        pixels.check_images_dir(params["images_dir"])
+        return {"image_size": [size, size], "source": params["images_dir"] or "dead leaves"}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        return {"image": encode_png(pixels.training_crop(rng, int(params["image_size"]), params["images_dir"]))}
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        raise RaycvError(f"{path} is not a raycv compress_ae dataset (no manifest.json); make one from a folder of "
+                         f"photos with `raycv compress_ae synth --out DIR --param images_dir={path}`")
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"image": np.stack([decode_image(data) for data in batch["image"]])}
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in MODELS:
+            raise RaycvError(f"unknown model {cfg.model!r} for task compress_ae; valid models: {', '.join(MODELS)}")
+        if option(cfg, "loss") not in LOSSES:
+            raise RaycvError(f"invalid loss={option(cfg, 'loss')!r}: expected one of {', '.join(LOSSES)}")
+        levels, channels = option(cfg, "levels"), option(cfg, "latent_channels")
+        if levels < 3 or levels % 2 == 0 or levels > 255:
+            raise RaycvError(f"invalid levels={levels}: expected an odd number in 3..255 (5 is -2..2)")
+        if channels < 1:
+            raise RaycvError(f"invalid latent_channels={channels}: expected an integer >= 1")
+        return MODELS[cfg.model](cfg.width, channels, levels)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        return {"image": pixels.random_dihedral(to_model_input(batch["image"]))[0]}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        images = to_model_input(batch["image"])
+        outputs = model(images)
+        loss = LOSSES[option(cfg, "loss")](outputs["reconstruction"].float(), images)
+        if "discriminator" in outputs:  # AE+GAN: one backward trains both players (models/autoencoder.py)
+            loss = (loss + option(cfg, "feature_matching_weight") * outputs["feature_matching"]
+                    + option(cfg, "adversarial_weight") * outputs["adversarial"] + outputs["discriminator"])
+        return loss
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        quality = pixels.ImageQuality(device, luma=False)
+        bpp, mean_loss = torchmetrics.MeanMetric().to(device), torchmetrics.MeanMetric().to(device)
+        latent_per_pixel = 0.0
+        for batch in batches:
+            images = to_model_input(batch["image"])
+            outputs = model(images)
+            reconstruction = outputs["reconstruction"].float()
+            quality.update(reconstruction, images)
+            mean_loss.update(nn.functional.l1_loss(reconstruction, images), weight=len(images))
+            probabilities = outputs["probabilities"].float().cpu().numpy()
+            pixel_count = images.shape[-1] * images.shape[-2]
+            for symbols in outputs["symbols"].round().cpu().numpy():
+                bpp.update(8 * len(encode_symbols(symbols, probabilities)) / pixel_count)
+            latent_per_pixel = outputs["symbols"][0].numel() / pixel_count
+        return {**quality.compute(), "bpp": float(bpp.compute()), "latent_per_pixel": latent_per_pixel,
+                "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        return pixels.stack_padded(images, multiple=DOWNSAMPLE)
+
+    def postprocess(self, outputs: dict[str, torch.Tensor], meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image: the range-coded latent (base64 `code`, its `bytes` and `bpp` over the image's own
+        pixels) and the decoder's reconstruction as a base64 PNG at the image's size. The code holds
+        the image's own ceil(h/8) x ceil(w/8) latent; decoding it alone gives the reconstruction
+        exactly when the image was not batched with larger ones."""
+        images = pixels.to_uint8_images(outputs["reconstruction"].float())
+        probabilities = outputs["probabilities"].float().cpu().numpy()
+        answers = []
+        for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes):
+            rows, columns = latent_size(int(height), int(width))
+            code = encode_symbols(symbols[:, :rows, :columns], probabilities)
+            answers.append({"code": base64.b64encode(code).decode("ascii"), "bytes": len(code),
+                            "bpp": 8 * len(code) / (int(height) * int(width)),
+                            "latent_shape": [int(symbols.shape[0]), rows, columns],
+                            "image_png": base64.b64encode(encode_png(np.ascontiguousarray(
+                                image[:int(height), :int(width)]))).decode("ascii"),
+                            "width": int(width), "height": int(height)})
+        return answers
+
+
+def decompress(model: nn.Module, code: bytes, height: int, width: int) -> np.ndarray:
+    """The image a `code` from postprocess decodes to (uint8 HWC at height x width)."""
+    autoencoder = autoencoder_of(model)
+    probabilities = autoencoder.probabilities().cpu().numpy()
+    symbols = torch.from_numpy(decode_symbols(code, probabilities)).float()[None]
+    with torch.inference_mode():
+        reconstruction = autoencoder.decoder(symbols.to(next(autoencoder.parameters()).device))
+    return pixels.to_uint8_images(reconstruction)[0, :height, :width]
+
+
+TASK = CompressAETask()

@@ -1,0 +1,362 @@
+"""Inpainting (textbook chapter 8): fill a square hole, 42 px in a 128-px image as in the book, and
+measure the fill where it matters, inside the hole, against OpenCV's cv2.inpaint (Telea).
+
+The network is the segment task's UNet (ResNet-18 encoder, LinkNet decoder) with four input channels:
+the image with the hole blanked and the hole mask. It predicts RGB; outside the hole the input is
+kept exactly, so only the hole is ever the network's. The loss is the mean squared error inside the
+hole, the quantity PSNR measures.
+
+Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image
+folder; each stored row carries one hole (the validation holes are fixed), and training draws a new
+hole per sample and step.
+
+Metrics (val): psnr_hole (the model), psnr_hole_telea (cv2.inpaint, Telea, radius 3), psnr_gain and
+the loss.
+
+Masks in and out: the model's input is RGB plus the mask (1 = hole). Served and predicted images
+carry the mask in their alpha channel (Task.image_mode = "RGBA"; transparent = the hole, as in
+common image-editing APIs); `raycv inpaint fill --image IMG --mask MASK` takes the mask as its own
+file (white = hole, cv2.inpaint's convention) or --hole X,Y,W,H. POST /v1/inpaint/fill answers the
+filled image as image/png; /v1/inpaint/predict answers JSON with the PNG in base64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data import pixels
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.errors import RaycvError
+from raycv.models.unet import INPUT_MULTIPLE, UNet
+
+TELEA_RADIUS = 3  # OpenCV's documented example radius
+PHOTO_CROPS = 8  # held-out crops per photograph in eval-photos
+
+
+# ---------------------------------------------------------------------------------------------------
+# Holes and masks.
+# ---------------------------------------------------------------------------------------------------
+
+
+def hole_masks(holes: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, size, size) float masks, 1 inside the square hole each row of `holes` (x, y, side) gives."""
+    coordinates = torch.arange(size, device=holes.device)
+    x, y, side = (holes[:, index].view(-1, 1) for index in range(3))
+    in_columns = (coordinates >= x) & (coordinates < x + side)  # N, size
+    in_rows = (coordinates >= y) & (coordinates < y + side)
+    return (in_rows[:, :, None] & in_columns[:, None, :]).unsqueeze(1).float()
+
+
+def moved_holes(holes: torch.Tensor, size: int) -> torch.Tensor:
+    """The same holes (x, y, side) at new uniformly random places inside a size x size image."""
+    side = holes[:, 2]
+    corners = (torch.rand(len(holes), 2, device=holes.device) * (size - side + 1)[:, None]).long()
+    return torch.cat([corners, side[:, None]], dim=1)
+
+
+def check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A boolean hole mask (True = fill) from a grey mask image of the image's size; white is hole."""
+    if mask.shape[:2] != tuple(shape[:2]):
+        raise RaycvError(f"mask of {mask.shape[1]}x{mask.shape[0]} pixels does not match the image's "
+                         f"{shape[1]}x{shape[0]}")
+    hole = mask > 127
+    if not hole.any():
+        raise RaycvError("the mask marks no pixel to fill: paint the hole white (> 127) on black")
+    if hole.all():
+        raise RaycvError("the mask covers the whole image: there is nothing left to fill it from")
+    return hole
+
+
+def parse_hole(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    """--hole X,Y,W,H (pixels) as a boolean mask of an image of `shape`."""
+    try:
+        x, y, w, h = (int(value) for value in text.split(","))
+    except ValueError:
+        raise RaycvError(f"invalid hole {text!r}: expected X,Y,WIDTH,HEIGHT in pixels, e.g. 40,40,42,42") from None
+    height, width = shape[:2]
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise RaycvError(f"hole {text!r} is not inside the {width}x{height} image (x, y >= 0, width and height "
+                         f">= 1, x + width <= {width}, y + height <= {height})")
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[y:y + h, x:x + w] = 255
+    return check_mask(mask, shape)
+
+
+def with_hole(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """RGBA whose alpha is 0 in the hole: the form served and predicted images take."""
+    alpha = np.where(hole, 0, 255).astype(np.uint8)
+    return np.dstack([image[..., :3], alpha])
+
+
+def telea(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """OpenCV's fast-marching inpainting (Telea 2004) of the boolean `hole` of a uint8 RGB image."""
+    return cv2.inpaint(np.ascontiguousarray(image), hole.astype(np.uint8), TELEA_RADIUS, cv2.INPAINT_TELEA)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network.
+# ---------------------------------------------------------------------------------------------------
+
+
+class HoleFiller(nn.Module):
+    """(N, 4, H, W): RGB in [0, 1] and the hole mask (1 = fill) -> (N, 4, H, W): the filled RGB
+    (input pixels outside the hole, the network's inside) and the mask again, so postprocess knows
+    the hole. H and W must be multiples of 32 (preprocess pads)."""
+
+    def __init__(self, width: float):
+        super().__init__()
+        self.net = UNet(num_classes=3, width=width, in_channels=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb, mask = x[:, :3], x[:, 3:4]
+        known = rgb * (1 - mask)  # whatever the hole held (the book's noise, a logo) is never seen
+        fill = torch.sigmoid(self.net(torch.cat([known, mask], dim=1)).float())
+        return torch.cat([known + fill * mask, mask], dim=1)
+
+
+def masked_mse(result: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((result - target).pow(2) * mask).sum() / (mask.sum() * result.shape[1]).clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Held-out photographs, the fill verb and the Serve route.
+# ---------------------------------------------------------------------------------------------------
+
+
+def photo_crops(photo: np.ndarray, name: str, size: int, hole: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` (crop, boolean hole) pairs at random places of a photograph, seeded by its name so
+    every model and baseline is scored on the same ones. Photos smaller than `size` are skipped."""
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    height, width = photo.shape[:2]
+    pairs = []
+    for _ in range(count if min(height, width) >= size else 0):
+        top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+        y, x = rng.integers(0, size - hole + 1, 2)
+        mask = np.zeros((size, size), dtype=bool)
+        mask[y:y + hole, x:x + hole] = True
+        pairs.append((np.ascontiguousarray(photo[top:top + size, left:left + size]), mask))
+    return pairs
+
+
+def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
+    as_tensor = lambda image: torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    return float(pixels.masked_psnr(as_tensor(result), as_tensor(original), torch.from_numpy(hole)[None, None].float()))
+
+
+def answer_image(answer: dict[str, Any]) -> np.ndarray:
+    return decode_image(base64.b64decode(answer["image_png"]))
+
+
+def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None = None) -> list[dict[str, Any]]:
+    """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
+    With `out`, a side-by-side PNG of each photo's first crop."""
+    from raycv.inference import predict
+
+    size, hole_side = int(loaded.dataset_meta["image_size"][0]), int(loaded.dataset_meta["hole_size"])
+    rows = []
+    for name, photo in pixels.real_photos(names).items():
+        crops = photo_crops(photo, name, size, hole_side, PHOTO_CROPS)
+        if not crops:
+            continue
+        answers = predict(loaded, [with_hole(crop, hole) for crop, hole in crops])
+        model_scores, telea_scores = [], []
+        for index, ((crop, hole), answer) in enumerate(zip(crops, answers)):
+            filled, baseline = answer_image(answer), telea(crop, hole)
+            model_scores.append(hole_psnr(filled, crop, hole))
+            telea_scores.append(hole_psnr(baseline, crop, hole))
+            if out and index == 0:
+                os.makedirs(out, exist_ok=True)
+                shown = np.where(hole[..., None], np.uint8(255), crop)
+                panels = pixels.side_by_side([("input (hole)", shown), ("cv2.inpaint Telea", baseline),
+                                              ("raycv inpaint", filled), ("original", crop)])
+                with open(os.path.join(out, f"{name}_inpaint.png"), "wb") as file:
+                    file.write(encode_png(panels))
+        rows.append({"image": name, "crops": len(crops), "telea_psnr_hole": round(float(np.mean(telea_scores)), 2),
+                     "model_psnr_hole": round(float(np.mean(model_scores)), 2),
+                     "gain_db": round(float(np.mean(model_scores) - np.mean(telea_scores)), 2)})
+    rows.append({"image": "mean", "crops": sum(row["crops"] for row in rows),
+                 **{key: round(float(np.mean([row[key] for row in rows])), 2)
+                    for key in ("telea_psnr_hole", "model_psnr_hole", "gain_db")}})
+    return rows
+
+
+def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained inpaint checkpoint")
+    parser.add_argument("--photos", default="", help="comma-separated subset of "
+                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
+    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+
+
+def run_eval_photos(args: argparse.Namespace) -> int:
+    """PSNR inside the hole, cv2.inpaint (Telea) vs the model, on held-out photographs"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device
+    from raycv.report import table
+
+    loaded = load_model(args.checkpoint, "inpaint", default_device())
+    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
+    rows = score_photos(loaded, names, args.out or None)
+    meta = loaded.dataset_meta
+    print(table(rows, f"inpaint: {meta['hole_size']}-px holes in {meta['image_size'][0]}-px crops of photographs "
+                      f"never trained on ({PHOTO_CROPS} per photo; PSNR inside the hole, RGB)"))
+    if args.out:
+        with open(os.path.join(args.out, "photos.json"), "w") as file:
+            json.dump(rows, file, indent=2)
+        print(f"side-by-side PNGs and photos.json: {args.out}")
+    return 0
+
+
+def add_fill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained inpaint checkpoint")
+    parser.add_argument("--image", required=True, help="the picture (PNG, JPEG, ...)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", help="a mask image of the same size: white (> 127) where to fill")
+    where.add_argument("--hole", help="a rectangle to fill: X,Y,WIDTH,HEIGHT in pixels")
+    parser.add_argument("--out", required=True, help="where to write the filled PNG")
+
+
+def run_fill(args: argparse.Namespace) -> int:
+    """fill the masked part of an image and write it as PNG"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict, read_image_files
+
+    loaded = load_model(args.checkpoint, "inpaint", default_device())
+    image = read_image_files([args.image])[0]
+    if args.mask:
+        hole = check_mask(read_image_files([args.mask], mode="L")[0], image.shape)
+    else:
+        hole = parse_hole(args.hole, image.shape)
+    answer = predict(loaded, [with_hole(image, hole)])[0]
+    try:
+        with open(args.out, "wb") as file:
+            file.write(base64.b64decode(answer["image_png"]))
+    except OSError as problem:
+        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
+    print(f"{args.out}: filled {answer['hole_pixels']} pixels of {image.shape[1]}x{image.shape[0]}")
+    return 0
+
+
+def parse_fill_query(query: dict[str, list[str]]) -> dict[str, Any]:
+    if query:
+        raise RaycvError(f"/v1/inpaint/fill takes no query parameters (got {', '.join(sorted(query))}); "
+                         "mark the hole with alpha 0 in the image")
+    return {}
+
+
+def filled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
+    if answer["hole_pixels"] == 0:
+        raise RaycvError("the image has no transparent pixels: send an RGBA PNG whose alpha is 0 where to fill")
+    if answer["hole_pixels"] == image.shape[0] * image.shape[1]:
+        raise RaycvError("the whole image is transparent: there is nothing left to fill the hole from")
+    return base64.b64decode(answer["image_png"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------
+
+
+class InpaintTask:
+    name = "inpaint"
+    metric = "psnr_hole"
+    metric_mode = "max"
+    synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
+    model_names = ("unet_resnet18",)
+    image_mode = "RGBA"
+    routes = {"fill": (parse_fill_query, filled_png)}
+    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos), "fill": (add_fill_arguments, run_fill)}
+
+    def default_config(self) -> TrainConfig:
+        return TrainConfig(model="unet_resnet18", width=0.5, epochs=8, batch_size=16, lr=2e-3, optimizer="adamw",
+                           weight_decay=1e-4, amp="off", cpus_per_worker=2)
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        size, hole = int(params["image_size"]), int(params["hole_size"])
+        if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
+            raise RaycvError(f"invalid image_size={size}: expected a multiple of {INPUT_MULTIPLE} (the UNet's), e.g. 128")
+        if not 1 <= hole < size:
+            raise RaycvError(f"invalid hole_size={hole}: expected 1 <= hole_size < image_size={size}")
+        pixels.check_images_dir(params["images_dir"])
+        return {"image_size": [size, size], "hole_size": hole, "source": params["images_dir"] or "dead leaves"}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        size, hole = int(params["image_size"]), int(params["hole_size"])
+        image = pixels.training_crop(rng, size, params["images_dir"])
+        x, y = rng.integers(0, size - hole + 1, 2)
+        return {"image": encode_png(image), "hole": np.array([x, y, hole], dtype=np.int64)}  # x, y, side
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        raise RaycvError(f"{path} is not a raycv inpaint dataset (no manifest.json); make one from a folder of photos "
+                         f"with `raycv inpaint synth --out DIR --param images_dir={path}`")
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"image": np.stack([decode_image(data) for data in batch["image"]]),
+                "hole": np.stack([np.asarray(corner, dtype=np.int64) for corner in batch["hole"]])}
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in self.model_names:
+            raise RaycvError(f"unknown model {cfg.model!r} for task inpaint; valid models: {', '.join(self.model_names)}")
+        return HoleFiller(cfg.width)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        images = pixels.random_dihedral(to_model_input(batch["image"]))[0]
+        return {"image": images, "hole": moved_holes(batch["hole"], images.shape[-1])}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        images = to_model_input(batch["image"])
+        masks = hole_masks(batch["hole"], images.shape[-1])
+        filled = model(torch.cat([images, masks], dim=1))[:, :3]
+        return masked_mse(filled, images, masks)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        learned, baseline = torchmetrics.MeanMetric().to(device), torchmetrics.MeanMetric().to(device)
+        mean_loss = torchmetrics.MeanMetric().to(device)
+        for batch in batches:
+            images = to_model_input(batch["image"])
+            masks = hole_masks(batch["hole"], images.shape[-1])
+            filled = model(torch.cat([images, masks], dim=1))[:, :3].float()
+            holes = masks[:, 0].bool().cpu().numpy()
+            telea_filled = np.stack([telea(image, hole) for image, hole in zip(batch["image"].cpu().numpy(), holes)])
+            learned.update(pixels.masked_psnr(filled, images, masks))
+            baseline.update(pixels.masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images, masks))
+            mean_loss.update(masked_mse(filled, images, masks), weight=len(images))
+        model_psnr, telea_psnr = float(learned.compute()), float(baseline.compute())
+        return {"psnr_hole": model_psnr, "psnr_hole_telea": telea_psnr, "psnr_gain": model_psnr - telea_psnr,
+                "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        """RGBA (alpha 0 = hole) of any size to RGB + mask, replicate-padded to multiples of 32."""
+        batch = pixels.stack_padded(images, multiple=INPUT_MULTIPLE)
+        return torch.cat([batch[:, :3], (batch[:, 3:4] < 0.5).float()], dim=1)
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image: the filled image as a base64 PNG (the caller's size) and how many pixels were filled."""
+        images = pixels.to_uint8_images(outputs[:, :3].float())
+        masks = outputs[:, 3].cpu().numpy() > 0.5
+        answers = []
+        for image, mask, (height, width) in zip(images, masks, sizes):
+            image = np.ascontiguousarray(image[:int(height), :int(width)])
+            answers.append({"image_png": base64.b64encode(encode_png(image)).decode("ascii"),
+                            "hole_pixels": int(mask[:int(height), :int(width)].sum()),
+                            "width": int(width), "height": int(height)})
+        return answers
+
+
+TASK = InpaintTask()

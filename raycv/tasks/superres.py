@@ -1,0 +1,253 @@
+"""Super-resolution x2 / x3 / x4 (textbook chapter 6.6, done properly).
+
+The book's "super-resolution" deblurs a same-size image and reports no number. Here the network
+sees a real low-resolution image (the high-resolution crop shrunk by antialiased bicubic) and
+returns one `scale` times larger; results are scored by PSNR and SSIM on Y against the original,
+beside the bicubic upscale every SR method must beat.
+
+Data: Ray Data synthesizes (high-resolution crop, bicubic low-resolution) pairs from dead-leaves
+images (raycv.data.pixels) or, with --param images_dir=DIR, from crops of any image folder; the
+scale is a dataset parameter (--param scale=4). Models (raycv.models.superres): `residual`
+(bicubic + a learned residual, PixelShuffle) and `espcn`, both on Y.
+
+Metrics (val): psnr, ssim (the model), psnr_bicubic, ssim_bicubic (the baseline), psnr_gain, and
+the L1 loss; borders of `scale` pixels are left out, as is customary.
+
+Extras: `raycv superres eval-photos` (the per-image table on scikit-image's and scikit-learn's
+photographs, never trained on, and side-by-side PNGs), `raycv superres upscale` (one image to a PNG)
+and POST /v1/superres/upscale (answers image/png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import ray.data
+import torch
+import torchmetrics
+from torch import nn
+
+from raycv.config import TrainConfig
+from raycv.data import pixels
+from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.errors import RaycvError
+from raycv.models.superres import ESPCN, HALO, LumaSR, ResidualPixelShuffle
+
+MODELS = {"residual": ResidualPixelShuffle, "espcn": ESPCN}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs and augmentation.
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_pair(high: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) for a uint8 HWC image: cropped to a multiple of `scale`, then shrunk."""
+    high = pixels.crop_to_multiple(high, scale)
+    return pixels.bicubic_downscale(high, scale), high
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pictures and per-photo scores.
+# ---------------------------------------------------------------------------------------------------
+
+
+def answer_image(answer: dict[str, Any]) -> np.ndarray:
+    return decode_image(base64.b64decode(answer["image_png"]))
+
+
+def comparison_panels(low: np.ndarray, bicubic: np.ndarray, result: np.ndarray, high: np.ndarray, scale: int,
+                      window: int = 128, factor: int = 2) -> np.ndarray:
+    """Low-res (pixel-replicated), bicubic, model and original side by side, cropped to a `window`
+    square of the high-resolution image (its busiest one) and enlarged `factor` times."""
+    top, left = pixels.busiest_window(high, window)
+    box = (top, left, min(window, high.shape[0]), min(window, high.shape[1]))
+    nearest = np.repeat(np.repeat(low, scale, axis=0), scale, axis=1)
+    panels = [(f"input (x{scale} smaller)", nearest), ("bicubic", bicubic), ("raycv superres", result),
+              ("original", high)]
+    return pixels.side_by_side([(label, pixels.zoom(image, box, factor)) for label, image in panels])
+
+
+def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None = None) -> list[dict[str, Any]]:
+    """Per photo: PSNR and SSIM on Y of bicubic and of the model against the original, which is
+    cropped to a multiple of the scale and shrunk by bicubic. With `out`, a side-by-side PNG per photo."""
+    from raycv.inference import predict
+
+    scale = int(loaded.dataset_meta["scale"])
+    rows = []
+    for name, photo in pixels.real_photos(names).items():
+        low, high = make_pair(photo, scale)
+        bicubic = pixels.bicubic_upscale(low, scale)
+        result = answer_image(predict(loaded, [low])[0])
+        bicubic_psnr, bicubic_ssim = pixels.psnr_ssim(bicubic, high, border=scale)
+        model_psnr, model_ssim = pixels.psnr_ssim(result, high, border=scale)
+        rows.append({"image": name, "size": f"{high.shape[1]}x{high.shape[0]}", "bicubic_psnr": round(bicubic_psnr, 2),
+                     "model_psnr": round(model_psnr, 2), "gain_db": round(model_psnr - bicubic_psnr, 2),
+                     "bicubic_ssim": round(bicubic_ssim, 4), "model_ssim": round(model_ssim, 4)})
+        if out:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, f"{name}_x{scale}.png"), "wb") as file:
+                file.write(encode_png(comparison_panels(low, bicubic, result, high, scale)))
+    rows.append({"image": "mean", "size": "", **{key: round(float(np.mean([row[key] for row in rows])), 4 if "ssim" in key else 2)
+                                                 for key in ("bicubic_psnr", "model_psnr", "gain_db", "bicubic_ssim", "model_ssim")}})
+    return rows
+
+
+def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained superres checkpoint")
+    parser.add_argument("--photos", default="", help="comma-separated subset of "
+                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
+    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+
+
+def run_eval_photos(args: argparse.Namespace) -> int:
+    """PSNR/SSIM on Y, bicubic vs the model, per held-out photograph (scikit-image, scikit-learn)"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device
+    from raycv.report import table
+
+    loaded = load_model(args.checkpoint, "superres", default_device())
+    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
+    rows = score_photos(loaded, names, args.out or None)
+    scale = loaded.dataset_meta["scale"]
+    print(table(rows, f"superres x{scale} on photographs never trained on (PSNR/SSIM on Y, {scale}-px border shaved)"))
+    if args.out:
+        with open(os.path.join(args.out, "photos.json"), "w") as file:
+            json.dump(rows, file, indent=2)
+        print(f"side-by-side PNGs and photos.json: {args.out}")
+    return 0
+
+
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained superres checkpoint")
+    parser.add_argument("--image", required=True, help="the picture to enlarge (PNG, JPEG, ...)")
+    parser.add_argument("--out", required=True, help="where to write the enlarged PNG")
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    """enlarge one image by the checkpoint's scale and write it as PNG"""
+    from raycv.checkpoint import load_model
+    from raycv.inference import default_device, predict, read_image_files
+
+    loaded = load_model(args.checkpoint, "superres", default_device())
+    image = read_image_files([args.image])[0]
+    answer = predict(loaded, [image])[0]
+    try:
+        with open(args.out, "wb") as file:
+            file.write(base64.b64decode(answer["image_png"]))
+    except OSError as problem:
+        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
+    print(f"{args.out}: {image.shape[1]}x{image.shape[0]} -> {answer['width']}x{answer['height']} (x{answer['scale']})")
+    return 0
+
+
+def parse_upscale_query(query: dict[str, list[str]]) -> dict[str, Any]:
+    if query:
+        raise RaycvError(f"/v1/superres/upscale takes no query parameters (got {', '.join(sorted(query))})")
+    return {}
+
+
+def upscaled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
+    return base64.b64decode(answer["image_png"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------
+
+
+class SuperresTask:
+    name = "superres"
+    metric = "psnr"
+    metric_mode = "max"
+    synth_defaults = {"crop_size": 64, "scale": 2, "images_dir": ""}
+    model_names = tuple(MODELS)
+    routes = {"upscale": (parse_upscale_query, upscaled_png)}
+    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
+                 "upscale": (add_upscale_arguments, run_upscale)}
+
+    def default_config(self) -> TrainConfig:
+        # Sized for two CPU cores and fifteen minutes. fp32: bf16's 8-bit mantissa is as coarse as
+        # the 8-bit pixels whose last decibel the network is there to win.
+        return TrainConfig(model="residual", width=0.75, epochs=16, batch_size=32, lr=2e-3, optimizer="adamw",
+                           weight_decay=0.0, amp="off", cpus_per_worker=2)
+
+    def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+        scale = pixels.check_scale(params["scale"])
+        crop = int(params["crop_size"])
+        if crop % scale or crop < 8 * scale:
+            raise RaycvError(f"invalid crop_size={crop}: expected a multiple of scale={scale} and at least {8 * scale}")
+        pixels.check_images_dir(params["images_dir"])
+        return {"scale": scale, "crop_size": crop, "image_size": [crop, crop],
+                "source": params["images_dir"] or "dead leaves"}
+
+    def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
+        high = pixels.training_crop(rng, int(params["crop_size"]), params["images_dir"])
+        low, high = make_pair(high, int(params["scale"]))
+        return {"hr": encode_png(high), "lr": encode_png(low)}
+
+    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        raise RaycvError(f"{path} is not a raycv superres dataset (no manifest.json); make pairs from a folder of "
+                         f"photos with `raycv superres synth --out DIR --param images_dir={path}`")
+
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"lr": np.stack([decode_image(data) for data in batch["lr"]]),
+                "hr": np.stack([decode_image(data) for data in batch["hr"]])}
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in MODELS:
+            raise RaycvError(f"unknown model {cfg.model!r} for task superres; valid models: {', '.join(MODELS)}")
+        scale = int(meta["scale"])
+        return LumaSR(MODELS[cfg.model](scale, cfg.width), scale)
+
+    def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+        low, high = pixels.random_dihedral(to_model_input(batch["lr"]), to_model_input(batch["hr"]))
+        return {"lr": low, "hr": high}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+        result = model(to_model_input(batch["lr"])).float()
+        return nn.functional.l1_loss(pixels.rgb_to_y(result), pixels.rgb_to_y(to_model_input(batch["hr"])))
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
+        device = next(model.parameters()).device
+        scale = int(meta["scale"])
+        learned, baseline = pixels.ImageQuality(device, border=scale), pixels.ImageQuality(device, border=scale)
+        mean_loss = torchmetrics.MeanMetric().to(device)
+        for batch in batches:
+            low, high = to_model_input(batch["lr"]), to_model_input(batch["hr"])
+            result = model(low).float()
+            bicubic = torch.from_numpy(np.stack([pixels.bicubic_upscale(image, scale)
+                                                 for image in batch["lr"].cpu().numpy()])).to(device)
+            learned.update(result, high)
+            baseline.update(to_model_input(bicubic), high)
+            mean_loss.update(nn.functional.l1_loss(pixels.rgb_to_y(result), pixels.rgb_to_y(high)), weight=len(low))
+        scores, bicubic_scores = learned.compute(), baseline.compute()
+        return {**scores, "psnr_bicubic": bicubic_scores["psnr"], "ssim_bicubic": bicubic_scores["ssim"],
+                "psnr_gain": scores["psnr"] - bicubic_scores["psnr"], "loss": float(mean_loss.compute())}
+
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        # Any size works (the networks are fully convolutional); the HALO margin makes each answer
+        # independent of the other images in its batch.
+        return pixels.stack_padded(images, margin=HALO)
+
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image: the enlarged image as a base64 PNG, its size and the scale."""
+        scale = int(meta["scale"])
+        images = pixels.to_uint8_images(outputs.float())
+        answers = []
+        for image, (height, width) in zip(images, sizes):
+            top = HALO * scale
+            image = image[top:top + int(height) * scale, top:top + int(width) * scale]
+            answers.append({"image_png": base64.b64encode(encode_png(np.ascontiguousarray(image))).decode("ascii"),
+                            "width": int(width) * scale, "height": int(height) * scale, "scale": scale})
+        return answers
+
+
+TASK = SuperresTask()

@@ -1,0 +1,177 @@
+"""compress_ae: the range coder, the quantized latent, the AE+GAN's one-backward update, real bits per
+pixel on the predict path, and one short Ray run through train, eval-photos and the Serve route."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import train_steps
+
+from raycv.cli import main
+from raycv.config import ServeOptions
+from raycv.data.images import decode_image
+from raycv.data.synth import synthesize
+from raycv.errors import RaycvError
+from raycv.inference import predict
+from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
+from raycv.tasks import get_task
+from raycv.tasks.compress_ae import decode_symbols, decompress, encode_symbols
+
+TASK = get_task("compress_ae")
+SMALL = {**TASK.synth_defaults, "image_size": 32}
+TINY = dict(width=0.25)
+
+
+def batch_of(count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    rows = [TASK.synthesize_sample(np.random.default_rng([seed, index]), SMALL) for index in range(count)]
+    decoded = TASK.decode({"image": np.array([row["image"] for row in rows], dtype=object)}, TASK.dataset_meta(SMALL))
+    return {"image": torch.from_numpy(decoded["image"])}
+
+
+def test_range_coding_round_trips_and_spends_bits_by_probability():
+    rng = np.random.default_rng(0)
+    peaked = np.array([[0.02, 0.08, 0.8, 0.08, 0.02]] * 4)
+    symbols = rng.choice(5, size=(4, 6, 9), p=peaked[0]) - 2
+    code = encode_symbols(symbols, peaked)
+    assert np.array_equal(decode_symbols(code, peaked), symbols)
+    entropy = -(peaked[0] * np.log2(peaked[0])).sum() * symbols.size
+    assert 8 * len(code) < entropy + 4 * 32 + 64  # within a few words of the entropy, plus the header
+    uniform = np.full((4, 5), 0.2)
+    assert len(encode_symbols(symbols, uniform)) > len(code)
+
+
+def test_the_latent_is_integer_symbols_and_the_histogram_follows_them():
+    torch.manual_seed(0)
+    model = QuantizedAutoencoder(width=0.25, latent_channels=4, levels=5)
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    outputs = model(images)
+    symbols = outputs["symbols"]
+    assert symbols.shape == (2, 4, 4, 4) and outputs["reconstruction"].shape == images.shape
+    assert torch.equal(symbols, symbols.round()) and symbols.abs().max() <= 2
+    outputs["reconstruction"].mean().backward()
+    assert model.encoder.head.weight.grad.abs().sum() > 0  # the gradient goes straight through rounding
+    assert not torch.allclose(model.probabilities(), torch.full((4, 5), 0.2))  # counted in training
+    with pytest.raises(ValueError, match="odd"):
+        QuantizedAutoencoder(levels=4)
+
+
+def test_one_backward_trains_each_gan_player_only_on_its_own_loss():
+    torch.manual_seed(0)
+    model = AdversarialAutoencoder(width=0.25, latent_channels=4)
+    images = torch.rand(2, 3, 32, 32)
+    reconstruction = model.autoencoder(images)["reconstruction"]
+    terms = adversarial_terms(model.discriminator, images, reconstruction)
+    gradients = {}
+    for name in ("discriminator", "adversarial", "feature_matching"):
+        model.zero_grad()
+        terms[name].backward(retain_graph=True)
+        gradients[name] = (sum(float(p.grad.abs().sum()) for p in model.discriminator.parameters() if p.grad is not None),
+                           sum(float(p.grad.abs().sum()) for p in model.autoencoder.parameters() if p.grad is not None))
+    assert gradients["discriminator"][0] > 0 and gradients["discriminator"][1] == 0
+    for generator_term in ("adversarial", "feature_matching"):
+        assert gradients[generator_term][0] == 0 and gradients[generator_term][1] > 0
+
+
+@pytest.mark.parametrize("model_name", ["ae", "aegan"])
+def test_training_steps_lower_the_reconstruction_loss(model_name):
+    torch.manual_seed(0)
+    batch = batch_of(16)
+    cfg = TASK.default_config().replace(model=model_name, **TINY)
+    model = TASK.build_model(cfg, TASK.dataset_meta(SMALL))
+    meta = TASK.dataset_meta(SMALL)
+    model.eval()
+    with torch.no_grad():
+        before = TASK.evaluate(model, [batch], meta)
+    model.train()
+    train_steps(TASK, model, batch, cfg, 60, lr=3e-3)
+    model.eval()
+    with torch.no_grad():
+        after = TASK.evaluate(model, [batch], meta)
+    assert after["loss"] < 0.85 * before["loss"] and after["psnr"] > before["psnr"] + 1, (before, after)
+    # 16 channels at 1/8 resolution: a quarter symbol per pixel, at most log2(5) bits each, plus the header
+    assert 0 < after["bpp"] < 0.25 * np.log2(5) + 0.1 and after["latent_per_pixel"] == 0.25
+
+
+def test_bad_options_are_refused():
+    meta = TASK.dataset_meta(SMALL)
+    for extra, message in (({"levels": 4}, "levels=4"), ({"loss": "huber"}, "loss='huber'"),
+                           ({"latent_channels": 0}, "latent_channels=0")):
+        with pytest.raises(RaycvError, match=message):
+            TASK.build_model(TASK.default_config().replace(extra=extra), meta)
+    with pytest.raises(RaycvError, match="image_size=36"):
+        TASK.dataset_meta({**SMALL, "image_size": 36})
+
+
+def test_predict_codes_any_size_and_the_code_decodes_to_the_reconstruction():
+    meta = TASK.dataset_meta(SMALL)
+    model = TASK.build_model(TASK.default_config().replace(**TINY), meta).eval()
+    loaded = type("Loaded", (), {"task": TASK, "model": model, "dataset_meta": meta})()
+    image = np.random.default_rng(1).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    (answer,) = predict(loaded, [image])
+    assert answer["latent_shape"] == [16, 5, 7] and (answer["width"], answer["height"]) == (50, 37)
+    code = base64.b64decode(answer["code"])
+    assert answer["bytes"] == len(code) and answer["bpp"] == pytest.approx(8 * len(code) / (37 * 50))
+    reconstruction = decode_image(base64.b64decode(answer["image_png"]))
+    assert reconstruction.shape == (37, 50, 3)
+    assert np.array_equal(decompress(model, code, 37, 50), reconstruction)
+
+
+@pytest.fixture(scope="module")
+def aegan_run(ray_session, tmp_path_factory):
+    from raycv.train import fit
+
+    folder = tmp_path_factory.mktemp("compress_ae")
+    data = str(folder / "data")
+    synthesize(TASK, data, {"train": 32, "val": 8}, seed=4, params=SMALL)
+    cfg = TASK.default_config().replace(model="aegan", epochs=1, batch_size=8, workers=2, cpus_per_worker=1,
+                                        storage=str(folder / "runs"), name="tiny", **TINY)
+    return fit(TASK, cfg, data), folder
+
+
+def test_fit_reports_bpp_and_eval_photos_puts_jpeg_beside(aegan_run, capsys):
+    result, folder = aegan_run
+    (row,) = result.history
+    assert row["workers"] == 2 and 0 < row["val_bpp"] < 4 and row["val_latent_per_pixel"] == 0.25
+    assert main(["compress_ae", "eval-photos", "--checkpoint", result.best_checkpoint, "--photos", "coins",
+                 "--out", str(folder / "photos")]) == 0
+    printed = capsys.readouterr().out
+    assert "aegan" in printed and "jpeg q" in printed and (folder / "photos" / "coins_compress.png").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_reconstruct_route_answers_a_png(aegan_run):
+    from ray import serve
+
+    from raycv.serve import build_app
+
+    result, _ = aegan_run
+    image = np.random.default_rng(2).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeOptions(checkpoint=result.best_checkpoint, task="compress_ae", max_replicas=1,
+                                     cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/compress_ae"
+        png = {"content": buffer.getvalue(), "headers": {"content-type": "image/png"}, "timeout": 60}
+        shown = httpx.post(f"{url}/reconstruct", **png)
+        assert shown.status_code == 200 and shown.headers["content-type"] == "image/png", shown.text
+        assert Image.open(io.BytesIO(shown.content)).size == (41, 30)
+        answer = httpx.post(f"{url}/predict", **png).json()["predictions"][0]
+        assert answer["latent_shape"] == [16, 4, 6] and answer["bpp"] > 0
+    finally:
+        serve.shutdown()

@@ -1,0 +1,194 @@
+"""The inpaint task: holes and masks, the loss and the Telea baseline, the predict path with the mask in
+the alpha channel, and one short Ray run through train, the fill verb, eval-photos and the Serve route."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import train_steps
+
+from raycv.checkpoint import load_model
+from raycv.cli import main
+from raycv.config import ServeOptions
+from raycv.data import pixels
+from raycv.data.synth import synthesize
+from raycv.errors import RaycvError
+from raycv.inference import predict
+from raycv.tasks import get_task
+from raycv.tasks.inpaint import (answer_image, check_mask, hole_masks, moved_holes, parse_hole, telea,
+                                 with_hole)
+
+TASK = get_task("inpaint")
+SMALL = {**TASK.synth_defaults, "image_size": 64, "hole_size": 21}  # the book's 42-in-128, halved
+
+
+def rows(count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    samples = [TASK.synthesize_sample(np.random.default_rng([seed, index]), SMALL) for index in range(count)]
+    stored = {"image": np.array([s["image"] for s in samples], dtype=object), "hole": np.stack([s["hole"] for s in samples])}
+    return {key: torch.from_numpy(value) for key, value in TASK.decode(stored, TASK.dataset_meta(SMALL)).items()}
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_rows_are_deterministic_and_hold_the_hole_inside_the_image():
+    first = TASK.synthesize_sample(np.random.default_rng([1, 2]), SMALL)
+    again = TASK.synthesize_sample(np.random.default_rng([1, 2]), SMALL)
+    assert first["image"] == again["image"] and np.array_equal(first["hole"], again["hole"])
+    x, y, side = first["hole"]
+    assert side == 21 and 0 <= x <= 64 - 21 and 0 <= y <= 64 - 21
+    with pytest.raises(RaycvError, match="multiple of 32"):
+        TASK.dataset_meta({**SMALL, "image_size": 100})
+    with pytest.raises(RaycvError, match="hole_size=64"):
+        TASK.dataset_meta({**SMALL, "hole_size": 64})
+
+
+def test_hole_masks_and_moved_holes():
+    holes = torch.tensor([[0, 0, 3], [5, 2, 4]])
+    masks = hole_masks(holes, 10)
+    assert masks.shape == (2, 1, 10, 10) and masks.sum(dim=(1, 2, 3)).tolist() == [9.0, 16.0]
+    assert masks[1, 0, 2:6, 5:9].all() and masks[1, 0, 6, 5] == 0
+    moved = moved_holes(torch.tensor([[0, 0, 21]] * 500), 64)
+    assert (moved[:, 2] == 21).all() and moved[:, :2].min() == 0 and moved[:, :2].max() == 64 - 21
+    assert len(set(map(tuple, moved[:, :2].tolist()))) > 300
+
+
+def test_masks_from_users_are_validated():
+    image = np.zeros((30, 40, 3), dtype=np.uint8)
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    with pytest.raises(RaycvError, match="marks no pixel"):
+        check_mask(mask, image.shape)
+    with pytest.raises(RaycvError, match="does not match"):
+        check_mask(mask[:, :39], image.shape)
+    with pytest.raises(RaycvError, match="whole image"):
+        check_mask(mask + 255, image.shape)
+    mask[5:9, 10:20] = 255
+    assert check_mask(mask, image.shape).sum() == 40
+    assert parse_hole("10,5,10,4", image.shape).sum() == 40
+    with pytest.raises(RaycvError, match="X,Y,WIDTH,HEIGHT"):
+        parse_hole("10,5,10", image.shape)
+    with pytest.raises(RaycvError, match="not inside the 40x30 image"):
+        parse_hole("35,5,10,4", image.shape)
+
+
+def test_training_steps_lower_the_error_inside_the_hole():
+    torch.manual_seed(0)
+    batch = rows(8)
+    cfg = TASK.default_config().replace(width=0.25)
+    model = TASK.build_model(cfg, TASK.dataset_meta(SMALL))
+    losses = train_steps(TASK, model, batch, cfg, 25, lr=2e-3)
+    assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
+
+
+def test_evaluate_scores_the_model_and_telea_inside_the_hole():
+    batch = rows(4)
+    meta = TASK.dataset_meta(SMALL)
+    model = TASK.build_model(TASK.default_config().replace(width=0.25), meta).eval()
+    with torch.no_grad():
+        metrics = TASK.evaluate(model, [batch], meta)
+    images = batch["image"].numpy()
+    holes = hole_masks(batch["hole"], 64)[:, 0].bool().numpy()
+    expected = np.mean([float(pixels.masked_psnr(
+        torch.from_numpy(telea(image, hole)).permute(2, 0, 1)[None] / 255,
+        torch.from_numpy(image).permute(2, 0, 1)[None] / 255, torch.from_numpy(hole)[None, None].float()))
+        for image, hole in zip(images, holes)])
+    assert metrics["psnr_hole_telea"] == pytest.approx(expected, abs=1e-3)
+    assert 5 < metrics["psnr_hole"] < 60 and metrics["psnr_gain"] == pytest.approx(
+        metrics["psnr_hole"] - metrics["psnr_hole_telea"])
+
+
+def test_predict_fills_only_the_transparent_pixels_at_any_size():
+    meta = TASK.dataset_meta(SMALL)
+    loaded = type("Loaded", (), {"task": TASK, "model": TASK.build_model(TASK.default_config().replace(width=0.25),
+                                                                          meta).eval(), "dataset_meta": meta})()
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    hole = np.zeros((50, 70), dtype=bool)
+    hole[10:30, 20:45] = True
+    filled, untouched = predict(loaded, [with_hole(image, hole), np.dstack([image, np.full((50, 70), 255, np.uint8)])])
+    result = answer_image(filled)
+    assert result.shape == (50, 70, 3) and filled["hole_pixels"] == 500
+    assert np.array_equal(result[~hole], image[~hole]) and not np.array_equal(result[hole], image[hole])
+    assert untouched["hole_pixels"] == 0 and np.array_equal(answer_image(untouched), image)
+
+
+@pytest.fixture(scope="module")
+def inpaint_run(ray_session, tmp_path_factory):
+    from raycv.train import fit
+
+    folder = tmp_path_factory.mktemp("inpaint")
+    data = str(folder / "data")
+    synthesize(TASK, data, {"train": 32, "val": 8}, seed=2, params=SMALL)
+    cfg = TASK.default_config().replace(epochs=1, width=0.25, batch_size=8, workers=2, cpus_per_worker=1,
+                                        storage=str(folder / "runs"), name="tiny")
+    return fit(TASK, cfg, data), folder
+
+
+def test_fit_reports_hole_psnr_beside_telea_and_the_verbs_work(inpaint_run, capsys):
+    result, folder = inpaint_run
+    (row,) = result.history
+    assert row["workers"] == 2 and {"val_psnr_hole", "val_psnr_hole_telea", "val_psnr_gain"} <= set(row)
+    image = np.random.default_rng(5).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    (folder / "in.png").write_bytes(png(image))
+    mask = np.zeros((45, 61), dtype=np.uint8)
+    mask[3:13, 4:24] = 255
+    (folder / "mask.png").write_bytes(png(mask))
+    (folder / "small_mask.png").write_bytes(png(mask[:40]))
+    base = ["inpaint", "fill", "--checkpoint", result.best_checkpoint, "--image", str(folder / "in.png")]
+    assert main([*base, "--mask", str(folder / "mask.png"), "--out", str(folder / "a.png")]) == 0
+    assert "filled 200 pixels" in capsys.readouterr().out
+    assert main([*base, "--hole", "4,3,20,10", "--out", str(folder / "b.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(folder / "a.png")), np.asarray(Image.open(folder / "b.png")))
+    assert main([*base, "--mask", str(folder / "small_mask.png"), "--out", str(folder / "c.png")]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main(["inpaint", "eval-photos", "--checkpoint", result.best_checkpoint, "--photos", "coins",
+                 "--out", str(folder / "photos")]) == 0
+    printed = capsys.readouterr().out
+    assert "coins" in printed and "telea_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_fill_route_takes_the_mask_as_alpha(inpaint_run):
+    from ray import serve
+
+    from raycv.serve import build_app
+
+    result, _ = inpaint_run
+    image = np.random.default_rng(6).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    hole = np.zeros((40, 52), dtype=bool)
+    hole[5:20, 10:30] = True
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeOptions(checkpoint=result.best_checkpoint, task="inpaint", max_replicas=1,
+                                     cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/inpaint"
+        headers = {"content-type": "image/png"}
+        filled = httpx.post(f"{url}/fill", content=png(with_hole(image, hole)), headers=headers, timeout=60)
+        assert filled.status_code == 200 and filled.headers["content-type"] == "image/png", filled.text
+        local = answer_image(predict(load_model(result.best_checkpoint, "inpaint"), [with_hole(image, hole)])[0])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(filled.content))), local)
+        no_alpha = httpx.post(f"{url}/fill", content=png(image), headers=headers, timeout=60)
+        assert no_alpha.status_code == 422 and "no transparent pixels" in no_alpha.json()["detail"]
+        with_query = httpx.post(f"{url}/fill", params={"hole": "1,1,5,5"}, content=png(image), headers=headers)
+        assert with_query.status_code == 422 and "alpha 0" in with_query.json()["detail"]
+        answer = httpx.post(f"{url}/predict", content=png(with_hole(image, hole)), headers=headers,
+                            timeout=60).json()["predictions"][0]
+        assert answer["hole_pixels"] == 300 and (answer["width"], answer["height"]) == (52, 40)
+    finally:
+        serve.shutdown()
