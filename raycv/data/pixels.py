@@ -223,7 +223,7 @@ def stack_padded(images: list[np.ndarray], margin: int = 0, multiple: int = 1) -
     height, width = height + -height % multiple, width + -width % multiple
     batch = []
     for image in images:
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255)
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div_(255)  # a writable copy
         top_left = torch.nn.functional.pad(pixels, (margin, margin, margin, margin), mode="replicate")
         rest = (0, width - top_left.shape[-1], 0, height - top_left.shape[-2])
         batch.append(torch.nn.functional.pad(top_left, rest, mode="replicate"))
