@@ -66,3 +66,14 @@ def train_steps(task, model, batch, cfg, steps: int, lr: float = 3e-3) -> list[f
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def saved_checkpoint(task, cfg, meta: dict, folder: str, model=None) -> str:
+    """A raycv checkpoint folder written in-process (no Ray Train fit): for tests of the verbs, the
+    predict path and Serve, which need a checkpoint but not a trained one."""
+    from raycv import checkpoint
+
+    model = model if model is not None else task.build_model(cfg, meta)
+    checkpoint.save(folder, model, {"task": task.name, "config": cfg.to_dict(), "dataset": meta, "epoch": 0,
+                                    "history": []})
+    return folder

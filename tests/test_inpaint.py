@@ -1,5 +1,5 @@
 """The inpaint task: holes and masks, the loss and the Telea baseline, the predict path with the mask in
-the alpha channel, and one short Ray run through train, the fill verb, eval-photos and the Serve route."""
+the alpha channel, and the fill verb, eval-photos and the Serve route on an in-process checkpoint."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_steps
+from conftest import saved_checkpoint, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.config import ServeOptions
 from raycv.data import pixels
-from raycv.data.synth import synthesize
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
@@ -123,35 +122,31 @@ def test_predict_fills_only_the_transparent_pixels_at_any_size():
 
 
 @pytest.fixture(scope="module")
-def inpaint_run(ray_session, tmp_path_factory):
-    from raycv.train import fit
-
+def inpaint_run(tmp_path_factory):
+    """An untrained checkpoint written in-process: the verbs and the route need one, not a fit (the
+    UNet goes through Ray Train in the segment tests)."""
     folder = tmp_path_factory.mktemp("inpaint")
-    data = str(folder / "data")
-    synthesize(TASK, data, {"train": 32, "val": 8}, seed=2, params=SMALL)
-    cfg = TASK.default_config().replace(epochs=1, width=0.25, batch_size=8, workers=2, cpus_per_worker=1,
-                                        storage=str(folder / "runs"), name="tiny")
-    return fit(TASK, cfg, data), folder
+    torch.manual_seed(0)
+    cfg = TASK.default_config().replace(width=0.25)
+    return saved_checkpoint(TASK, cfg, TASK.dataset_meta(SMALL), str(folder / "checkpoint")), folder
 
 
-def test_fit_reports_hole_psnr_beside_telea_and_the_verbs_work(inpaint_run, capsys):
-    result, folder = inpaint_run
-    (row,) = result.history
-    assert row["workers"] == 2 and {"val_psnr_hole", "val_psnr_hole_telea", "val_psnr_gain"} <= set(row)
+def test_fill_and_eval_photos_verbs(inpaint_run, capsys):
+    checkpoint, folder = inpaint_run
     image = np.random.default_rng(5).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     (folder / "in.png").write_bytes(png(image))
     mask = np.zeros((45, 61), dtype=np.uint8)
     mask[3:13, 4:24] = 255
     (folder / "mask.png").write_bytes(png(mask))
     (folder / "small_mask.png").write_bytes(png(mask[:40]))
-    base = ["inpaint", "fill", "--checkpoint", result.best_checkpoint, "--image", str(folder / "in.png")]
+    base = ["inpaint", "fill", "--checkpoint", checkpoint, "--image", str(folder / "in.png")]
     assert main([*base, "--mask", str(folder / "mask.png"), "--out", str(folder / "a.png")]) == 0
     assert "filled 200 pixels" in capsys.readouterr().out
     assert main([*base, "--hole", "4,3,20,10", "--out", str(folder / "b.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(folder / "a.png")), np.asarray(Image.open(folder / "b.png")))
     assert main([*base, "--mask", str(folder / "small_mask.png"), "--out", str(folder / "c.png")]) == 2
     assert "does not match" in capsys.readouterr().err
-    assert main(["inpaint", "eval-photos", "--checkpoint", result.best_checkpoint, "--photos", "coins",
+    assert main(["inpaint", "eval-photos", "--checkpoint", checkpoint, "--photos", "coins",
                  "--out", str(folder / "photos")]) == 0
     printed = capsys.readouterr().out
     assert "coins" in printed and "telea_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
@@ -163,25 +158,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_fill_route_takes_the_mask_as_alpha(inpaint_run):
+def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
     from ray import serve
 
     from raycv.serve import build_app
 
-    result, _ = inpaint_run
+    checkpoint, _ = inpaint_run
     image = np.random.default_rng(6).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     hole = np.zeros((40, 52), dtype=bool)
     hole[5:20, 10:30] = True
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeOptions(checkpoint=result.best_checkpoint, task="inpaint", max_replicas=1,
+    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="inpaint", max_replicas=1,
                                      cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
     try:
         url = f"http://127.0.0.1:{port}/v1/inpaint"
         headers = {"content-type": "image/png"}
         filled = httpx.post(f"{url}/fill", content=png(with_hole(image, hole)), headers=headers, timeout=60)
         assert filled.status_code == 200 and filled.headers["content-type"] == "image/png", filled.text
-        local = answer_image(predict(load_model(result.best_checkpoint, "inpaint"), [with_hole(image, hole)])[0])
+        local = answer_image(predict(load_model(checkpoint, "inpaint"), [with_hole(image, hole)])[0])
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(filled.content))), local)
         no_alpha = httpx.post(f"{url}/fill", content=png(image), headers=headers, timeout=60)
         assert no_alpha.status_code == 422 and "no transparent pixels" in no_alpha.json()["detail"]

@@ -241,6 +241,11 @@ def random_dihedral(*images: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return images
 
 
+def as_batch(image: np.ndarray) -> torch.Tensor:
+    """One uint8 HWC image as a float (1, C, H, W) batch in [0, 1] (a copy: inputs may be read-only)."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+
+
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:
     """Float NCHW in [0, 1] (clamped) to uint8 NHWC."""
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -313,7 +318,6 @@ class ImageQuality:
 def psnr_ssim(result: np.ndarray, reference: np.ndarray, border: int = 0, luma: bool = True) -> tuple[float, float]:
     """PSNR and SSIM (on Y, or on RGB) of one uint8 HWC result against its reference."""
     quality = ImageQuality("cpu", border, luma)
-    as_batch = lambda image: torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
     quality.update(as_batch(result), as_batch(reference))
     scores = quality.compute()
     return scores["psnr"], scores["ssim"]

@@ -153,8 +153,8 @@ def photo_crops(photo: np.ndarray, name: str, size: int, hole: int, count: int) 
 
 
 def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
-    as_tensor = lambda image: torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
-    return float(pixels.masked_psnr(as_tensor(result), as_tensor(original), torch.from_numpy(hole)[None, None].float()))
+    hole = torch.from_numpy(hole)[None, None].float()
+    return float(pixels.masked_psnr(pixels.as_batch(result), pixels.as_batch(original), hole))
 
 
 def answer_image(answer: dict[str, Any]) -> np.ndarray:
