@@ -5,16 +5,24 @@ Sections:
           synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU: scenes/s
           per core and the parallel efficiency rate(N) / (N * rate(1)).
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
-          PyTorch loop with the same model, batch, precision, device and training step, in one run.
-  serve   req/s and p50/p99 latency at concurrency 1, 8 and 32 of (a) raycv's Serve app with dynamic
+          PyTorch loop with the same model, batch, precision, device and training step, in one run;
+          then the same loop on 2 DDP workers sharing the same CPUs (or one GPU each), against 1 worker.
+  ingest  images/s Ray Data delivers through iter_torch_batches (decoded once into the object store, as
+          training does by default, and decoded from Parquet every epoch) against the images/s the
+          model consumes in a bare training loop: headroom > 1 means data loading is not the bottleneck.
+  serve   req/s and p50/p95/p99 latency at concurrency 1, 8 and 32 of (a) raycv's Serve app with dynamic
           batching and (b) a single-process FastAPI/uvicorn + torch server with the same model, on the
           same machine in the same run; the figure is (a)/(b) in req/s at concurrency 32.
   predict offline batch prediction of a folder of images through Ray Data with an actor pool.
+  tune    trials per hour of a small learning-rate sweep (every trial a Ray Train run), one trial at a
+          time against several at once on the same resources: on a GPU, fractional GPUs (4 trials at
+          0.25 GPU) against a whole GPU per trial, with the GPU's utilisation sampled during each sweep.
   search  top-10 queries/s of a 100,000-vector, 512-d identity index (raycv.index): exact (flat) and
           approximate (HNSW) search in batches of 100 queries, with HNSW's recall@10 against the exact
           answer and the build time. Vectors are 10,000 identity clusters of 10 (cosine ~0.6 within one).
 
-Prints a table per section and writes all results to one JSON file.
+Prints a table per section and writes all results to one JSON file (--out) and the same tables as
+Markdown next to it (bench.json -> bench.md), with the machine they were measured on.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,15 +70,26 @@ def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - started)
 
 
-def bench_train(args, workdir: str) -> list[dict]:
+def classify_bench_data(args, workdir: str) -> tuple[str, int]:
+    """The procedural classify set shared by the train and ingest sections (synthesized once)."""
     from raycv.data.synth import synthesize
+    from raycv.tasks import get_task
+
+    size = 4096 if args.quick else (50_000 if args.gpu else 10_000)
+    data = f"{workdir}/classify-bench"
+    if not Path(data).exists():
+        synthesize(get_task("classify"), data, {"train": size, "val": 512}, seed=0)
+    return data, size
+
+
+def bench_train(args, workdir: str) -> list[dict]:
+    import torch
+
     from raycv.tasks import get_task
     from raycv.train import fit
 
     task = get_task("classify")
-    size = 4096 if args.quick else (50_000 if args.gpu else 10_000)
-    data = f"{workdir}/classify-bench"
-    synthesize(task, data, {"train": size, "val": 512}, seed=0)
+    data, size = classify_bench_data(args, workdir)
     models = [("vgg11_bn", 0.25)] if args.quick and not args.gpu else [("vgg11_bn", 1.0), ("resnet18", 1.0)]
     batch = 512 if args.gpu else 128
     rows = []
@@ -81,9 +101,24 @@ def bench_train(args, workdir: str) -> list[dict]:
         ray_rate = statistics.median(row["train_images_per_s"] for row in result.history[1:])  # epoch 1 warms up
         steps = max(20, (size // batch) * 2)
         bare_rate = bare_loop_images_per_s(task, cfg, data, steps)
-        rows.append({"model": f"{model} x{width}", "device": "cuda" if args.gpu else f"cpu ({args.cpus} threads)",
-                     "batch": batch, "amp": "bf16" if args.gpu else "off", "ray_train_img_s": round(ray_rate, 1),
+        rows.append({"model": f"{model} x{width}", "workers": 1,
+                     "device": "cuda" if args.gpu else f"cpu ({args.cpus} threads)", "batch": batch,
+                     "amp": "bf16" if args.gpu else "off", "ray_train_img_s": round(ray_rate, 1),
                      "bare_torch_img_s": round(bare_rate, 1), "ratio": round(ray_rate / bare_rate, 3)})
+    # 1 vs 2 workers on the first model. On CPU both share the same cores (2 workers get half the
+    # threads each: DDP's price); on GPUs each worker gets its own (NCCL wants one GPU per rank).
+    if args.gpu and torch.cuda.device_count() < 2:
+        rows.append({"model": rows[0]["model"], "workers": 2, "device": "skipped: needs 2 GPUs"})
+        return rows
+    model, width = models[0]
+    cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=3, workers=2,
+                                        gpu=args.gpu, cpus_per_worker=args.cpus if args.gpu else max(1, args.cpus // 2),
+                                        storage=f"{workdir}/runs", name=f"bench-{model}-{width}-2w", compile=args.compile)
+    two = statistics.median(row["train_images_per_s"] for row in fit(task, cfg, data).history[1:])
+    rows.append({"model": f"{model} x{width}", "workers": 2,
+                 "device": "cuda, 1 GPU each" if args.gpu else f"cpu ({cfg.cpus_per_worker:g} threads each)",
+                 "batch": f"{batch} per worker", "amp": rows[0]["amp"], "ray_train_img_s": round(two, 1),
+                 "speedup_vs_1_worker": round(two / rows[0]["ray_train_img_s"], 3)})
     return rows
 
 
@@ -120,6 +155,7 @@ def load_test(url: str, bodies: list[bytes], concurrency: int, requests: int) ->
         seconds = time.perf_counter() - started
     latencies = sorted(latency for latency, _ in results)
     return {"req_s": round(requests / seconds, 1), "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
+            "p95_ms": round(1000 * latencies[int(len(latencies) * 0.95) - 1], 1),
             "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99) - 1], 1),
             "errors": sum(status != 200 for _, status in results)}
 
@@ -250,8 +286,144 @@ def bench_search(args, workdir: str) -> list[dict]:
     return rows
 
 
-SECTIONS = {"synth": bench_synth, "train": bench_train, "serve": bench_serve, "predict": bench_predict,
-            "search": bench_search}
+def batches_per_s(dataset, batch_size: int, device, epochs: int = 2) -> float:
+    """Images/s of iter_torch_batches over `dataset` onto `device`, as the training loop iterates (same
+    batch size, shuffle buffer and drop_last); the first epoch is a warm-up."""
+    import torch
+
+    rate = 0.0
+    for _ in range(epochs):
+        started, seen = time.perf_counter(), 0
+        for batch in dataset.iter_torch_batches(batch_size=batch_size, device=device, drop_last=True,
+                                                local_shuffle_buffer_size=min(10 * batch_size, 10_000)):
+            seen += len(next(iter(batch.values())))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rate = seen / (time.perf_counter() - started)
+    return rate
+
+
+def bench_ingest(args, workdir: str) -> list[dict]:
+    import torch
+
+    from raycv.tasks import get_task
+    from raycv.train import prepare_datasets
+
+    task = get_task("classify")
+    data, size = classify_bench_data(args, workdir)
+    model, width = ("vgg11_bn", 0.25) if args.quick and not args.gpu else ("resnet18", 1.0)
+    batch = 512 if args.gpu else 128
+    cfg = task.default_config().replace(model=model, width=width, batch_size=batch, gpu=args.gpu,
+                                        cpus_per_worker=args.cpus, compile=args.compile)
+    device = torch.device("cuda" if args.gpu else "cpu")
+    consumed = bare_loop_images_per_s(task, cfg, data, steps=max(20, (size // batch) // 2))
+    rows = []
+    for cache, source in ((True, "object store (decoded once, the default)"), (False, "Parquet, PNG decode every epoch")):
+        datasets, _ = prepare_datasets(task, data, cfg.replace(cache_data=cache))
+        rate = batches_per_s(datasets["train"], batch, device)
+        rows.append({"source": source, "images": size, "batch": batch, "device": device.type,
+                     "ingest_img_s": round(rate, 1), "model": f"{model} x{width}",
+                     "model_consumes_img_s": round(consumed, 1), "headroom": round(rate / consumed, 2)})
+    return rows
+
+
+class GpuSampler:
+    """Samples GPU utilisation and memory with nvidia-smi every half second while in a `with` block."""
+
+    def __init__(self):
+        import shutil
+        import threading
+
+        self.available = shutil.which("nvidia-smi") is not None
+        self.samples: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        import subprocess
+
+        while not self.stop.wait(0.5):
+            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                                     "--id=0"], capture_output=True, text=True).stdout
+            try:
+                utilisation, memory = (float(value) for value in output.strip().split(","))
+            except ValueError:
+                continue
+            self.samples.append((utilisation, memory))
+
+    def __enter__(self):
+        if self.available:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.available:
+            self.thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"gpu_util_mean_pct": None, "gpu_util_max_pct": None, "gpu_mem_max_mib": None}
+        utilisation = [u for u, _ in self.samples]
+        return {"gpu_util_mean_pct": round(statistics.mean(utilisation), 1), "gpu_util_max_pct": max(utilisation),
+                "gpu_mem_max_mib": max(m for _, m in self.samples)}
+
+
+def bench_tune(args, workdir: str) -> list[dict]:
+    import ray
+
+    from raycv.data.synth import synthesize
+    from raycv.tasks import get_task
+    from raycv.tune import parse_space, sweep
+
+    task = get_task("classify")
+    data = f"{workdir}/classify-tune"
+    train_size = 1024 if args.quick else (20_000 if args.gpu else 4096)
+    synthesize(task, data, {"train": train_size, "val": 256}, seed=2)
+    trials, epochs = (4, 2) if args.quick else (8, 3)
+    base = task.default_config().replace(model="vgg11_bn", width=0.25 if args.quick else 0.5, epochs=epochs, workers=1,
+                                         batch_size=512 if args.gpu else 128, gpu=args.gpu, storage=f"{workdir}/runs",
+                                         compile=args.compile)
+    lrs = ",".join(f"{lr:g}" for lr in (0.4, 0.2, 0.1, 0.05, 0.025, 0.0125, 0.006, 0.003)[:trials])
+    space = parse_space([f"lr=grid:{lrs}"], base)
+    if args.gpu:  # whole GPU per trial, then 4 trials sharing it
+        layouts = [("1 GPU per trial", 1, {"gpus_per_worker": 1.0, "cpus_per_worker": 2}),
+                   ("0.25 GPU per trial", 4, {"gpus_per_worker": 0.25, "cpus_per_worker": 2})]
+    else:  # one trial at a time, then as many as the CPUs hold (0.9 CPU each leaves room for the drivers)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        layouts = [("0.9 CPU per trial, 1 at a time", 1, {"cpus_per_worker": 0.9}),
+                   (f"0.9 CPU per trial, {cpus} at a time", cpus, {"cpus_per_worker": 0.9})]
+    rows = []
+    for index, (layout, concurrent, resources) in enumerate(layouts):
+        started = time.perf_counter()
+        with GpuSampler() if args.gpu else nullcontext() as sampler:
+            result = sweep(task, base.replace(**resources), data, space, name=f"bench-{index}",
+                           max_concurrent=concurrent, asha=False)
+        seconds = time.perf_counter() - started
+        done = sum("val_accuracy" in row for row in result.rows)
+        rows.append({"layout": layout, "concurrent": concurrent, "trials": done, "epochs": epochs,
+                     "train_images": train_size, "seconds": round(seconds, 1),
+                     "trials_per_hour": round(3600 * done / seconds, 1),
+                     "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows if "val_accuracy" in row), 4),
+                     **(sampler.summary() if args.gpu else {})})
+    return rows
+
+
+SECTIONS = {"synth": bench_synth, "train": bench_train, "ingest": bench_ingest, "serve": bench_serve,
+            "predict": bench_predict, "tune": bench_tune, "search": bench_search}
+
+
+def markdown(results: dict, sections: list[str]) -> str:
+    from raycv.report import markdown_table
+
+    machine = results["machine"]
+    lines = ["# raycv benchmarks", "",
+             f"Machine: {machine['platform']}, {machine['cpus']:g} CPUs seen by Ray, GPU: {machine['gpu'] or 'none'}; "
+             f"torch {machine['torch']}, Ray {machine['ray']}; {'--quick' if results['quick'] else 'full sizes'}; "
+             f"{results['seconds']:.0f} s in all.", ""]
+    for section in sections:
+        lines += [f"## {section} ({results['section_seconds'][section]:.0f} s)", "", markdown_table(results[section]), ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -278,13 +450,21 @@ def main() -> None:
                            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                            "torch": torch.__version__, "ray": ray.__version__},
                "quick": args.quick}
+    sections = args.sections or list(SECTIONS)
+    started = time.perf_counter()
+    results["section_seconds"] = {}
     with tempfile.TemporaryDirectory() as workdir:
-        for section in args.sections or list(SECTIONS):
+        for section in sections:
+            section_started = time.perf_counter()
             rows = SECTIONS[section](args, workdir)
             results[section] = rows
-            print(table(rows, f"\n[{section}]"))
+            results["section_seconds"][section] = round(time.perf_counter() - section_started, 1)
+            print(table(rows, f"\n[{section}] ({results['section_seconds'][section]:.0f} s)"))
+    results["seconds"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    markdown_path = Path(args.out).with_suffix(".md")
+    markdown_path.write_text(markdown(results, sections) + "\n")
+    print(f"\nall sections: {results['seconds']:.0f} s; wrote {args.out} and {markdown_path}")
 
 
 if __name__ == "__main__":

@@ -538,7 +538,7 @@ def max_abs_difference(reference: Callable, candidate: Callable, inputs: Iterabl
 
 
 def write_tables(out: str, rows: list[dict[str, Any]], title: str) -> None:
-    from raycv.report import table
+    from raycv.report import markdown_table, table
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "compress.json"), "w") as file:
@@ -548,10 +548,8 @@ def write_tables(out: str, rows: list[dict[str, Any]], title: str) -> None:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     with open(os.path.join(out, "compress.md"), "w") as file:
-        file.write("\n".join(lines) + "\n\n```\n" + table(rows) + "\n```\n")
+        file.write(f"# {title}\n\n{markdown_table(rows)}\n\n```\n{table(rows)}\n```\n")
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -70,6 +70,14 @@ def table(rows: list[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The same rows as a GitHub Markdown table (values as they are, for READMEs and notes)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
