@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from contextlib import contextmanager
 
 import pytest
 
@@ -77,3 +79,29 @@ def saved_checkpoint(task, cfg, meta: dict, folder: str, model=None) -> str:
     checkpoint.save(folder, model, {"task": task.name, "config": cfg.to_dict(), "dataset": meta, "epoch": 0,
                                     "history": []})
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def served(checkpoint: str, task: str, **options):
+    """raycv's Serve app for one checkpoint on a free local port, small enough for the test machine;
+    yields the base URL and shuts Serve down after. `options` override ServeOptions fields."""
+    from ray import serve
+
+    from raycv.config import ServeOptions
+    from raycv.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    defaults = {"max_replicas": 1, "cpus_per_replica": 0.5, "batch_wait_ms": 5}
+    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task=task, **{**defaults, **options})),
+              name="raycv", route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import httpx
 import numpy as np
@@ -13,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_steps
+from conftest import served, train_steps
 
 from raycv.cli import main
-from raycv.config import ServeOptions
 from raycv.data.images import decode_image
 from raycv.data.synth import synthesize
 from raycv.errors import RaycvError
@@ -146,32 +144,16 @@ def test_fit_reports_bpp_and_eval_photos_puts_jpeg_beside(aegan_run, capsys):
     assert "aegan" in printed and "jpeg q" in printed and (folder / "photos" / "coins_compress.png").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_reconstruct_route_answers_a_png(aegan_run):
-    from ray import serve
-
-    from raycv.serve import build_app
-
     result, _ = aegan_run
     image = np.random.default_rng(2).integers(0, 256, (30, 41, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeOptions(checkpoint=result.best_checkpoint, task="compress_ae", max_replicas=1,
-                                     cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
-    try:
-        url = f"http://127.0.0.1:{port}/v1/compress_ae"
+    with served(result.best_checkpoint, "compress_ae") as base:
+        url = f"{base}/v1/compress_ae"
         png = {"content": buffer.getvalue(), "headers": {"content-type": "image/png"}, "timeout": 60}
         shown = httpx.post(f"{url}/reconstruct", **png)
         assert shown.status_code == 200 and shown.headers["content-type"] == "image/png", shown.text
         assert Image.open(io.BytesIO(shown.content)).size == (41, 30)
         answer = httpx.post(f"{url}/predict", **png).json()["predictions"][0]
         assert answer["latent_shape"] == [16, 4, 6] and answer["bpp"] > 0
-    finally:
-        serve.shutdown()

@@ -4,7 +4,6 @@ the alpha channel, and the fill verb, eval-photos and the Serve route on an in-p
 from __future__ import annotations
 
 import io
-import socket
 
 import httpx
 import numpy as np
@@ -12,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import saved_checkpoint, train_steps
+from conftest import saved_checkpoint, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.config import ServeOptions
 from raycv.data import pixels
 from raycv.errors import RaycvError
 from raycv.inference import predict
@@ -152,27 +150,13 @@ def test_fill_and_eval_photos_verbs(inpaint_run, capsys):
     assert "coins" in printed and "telea_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
-    from ray import serve
-
-    from raycv.serve import build_app
-
     checkpoint, _ = inpaint_run
     image = np.random.default_rng(6).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     hole = np.zeros((40, 52), dtype=bool)
     hole[5:20, 10:30] = True
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="inpaint", max_replicas=1,
-                                     cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
-    try:
-        url = f"http://127.0.0.1:{port}/v1/inpaint"
+    with served(checkpoint, "inpaint") as base:
+        url = f"{base}/v1/inpaint"
         headers = {"content-type": "image/png"}
         filled = httpx.post(f"{url}/fill", content=png(with_hole(image, hole)), headers=headers, timeout=60)
         assert filled.status_code == 200 and filled.headers["content-type"] == "image/png", filled.text
@@ -185,5 +169,3 @@ def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
         answer = httpx.post(f"{url}/predict", content=png(with_hole(image, hole)), headers=headers,
                             timeout=60).json()["predictions"][0]
         assert answer["hole_pixels"] == 300 and (answer["width"], answer["height"]) == (52, 40)
-    finally:
-        serve.shutdown()

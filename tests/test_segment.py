@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import httpx
 import numpy as np
@@ -13,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import served
+
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.config import ServeOptions
 from raycv.data.synth import open_dataset, sample_generator, synthesize
 from raycv.errors import RaycvError
 from raycv.inference import evaluate_checkpoint, predict
@@ -172,34 +172,19 @@ def test_danmu_cli_writes_the_picture(segment_run, tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(out)), danmu_from_answer(image, answer, ["hello", "world"]))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_danmu_route_on_serve(segment_run):
-    from ray import serve
-
-    from raycv.serve import build_app
-
     result, data = segment_run
     splits, _ = open_dataset(TASK, data)
     scene = bytes(splits["val"].take(1)[0]["image"])
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    options = ServeOptions(checkpoint=result.best_checkpoint, task="segment", max_replicas=1, cpus_per_replica=0.5,
-                           batch_wait_ms=5)
-    serve.run(build_app(options), name="raycv", route_prefix="/")
-    try:
-        url = f"http://127.0.0.1:{port}/v1/segment"
+    with served(result.best_checkpoint, "segment") as base:
+        url = f"{base}/v1/segment"
         png = {"content": scene, "headers": {"content-type": "image/png"}, "timeout": 60}
         drawn = httpx.post(f"{url}/danmu", params=[("text", "hello"), ("text", "world")], **png)
         assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png", drawn.text
         assert Image.open(io.BytesIO(drawn.content)).size == Image.open(io.BytesIO(scene)).size
         predicted = httpx.post(f"{url}/predict", **png).json()["predictions"][0]
         assert base64.b64decode(predicted["mask_png"]).startswith(b"\x89PNG")
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["routes"] == ["predict", "danmu"]
+        assert httpx.get(f"{base}/v1/models").json()["routes"] == ["predict", "danmu"]
 
         no_text = httpx.post(f"{url}/danmu", **png)
         assert no_text.status_code == 422 and "text" in no_text.json()["detail"]
@@ -213,5 +198,3 @@ def test_danmu_route_on_serve(segment_run):
         assert two_images.status_code == 422 and "one image" in two_images.json()["detail"]
         unknown = httpx.post(f"{url}/karaoke", **png)
         assert unknown.status_code == 404 and "danmu" in unknown.json()["detail"]
-    finally:
-        serve.shutdown()

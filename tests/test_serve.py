@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 from collections import Counter
@@ -15,18 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import free_port
+
 from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.config import ServeOptions
 from raycv.data.synth import open_dataset
 from raycv.inference import predict
 from raycv.tasks import get_task
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import socket
 
 import httpx
 import numpy as np
@@ -13,11 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_steps
+from conftest import served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.config import ServeOptions
 from raycv.data import pixels
 from raycv.data.synth import synthesize
 from raycv.errors import RaycvError
@@ -163,27 +161,13 @@ def test_fit_reports_psnr_beside_bicubic_and_eval_photos_prints_the_table(superr
     assert main(["superres", "eval-photos", "--checkpoint", result.best_checkpoint, "--photos", "lena"]) == 2
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_upscale_route_answers_a_png_twice_the_size(superres_run):
-    from ray import serve
-
-    from raycv.serve import build_app
-
     result, _ = superres_run
     image = np.random.default_rng(4).integers(0, 256, (21, 35, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeOptions(checkpoint=result.best_checkpoint, task="superres", max_replicas=1,
-                                     cpus_per_replica=0.5, batch_wait_ms=5)), name="raycv", route_prefix="/")
-    try:
-        url = f"http://127.0.0.1:{port}/v1/superres"
+    with served(result.best_checkpoint, "superres") as base:
+        url = f"{base}/v1/superres"
         png = {"content": buffer.getvalue(), "headers": {"content-type": "image/png"}, "timeout": 60}
         upscaled = httpx.post(f"{url}/upscale", **png)
         assert upscaled.status_code == 200 and upscaled.headers["content-type"] == "image/png", upscaled.text
@@ -195,5 +179,3 @@ def test_upscale_route_answers_a_png_twice_the_size(superres_run):
         bad_query = httpx.post(f"{url}/upscale", params={"scale": "3"}, **png)
         assert bad_query.status_code == 422 and "no query parameters" in bad_query.json()["detail"]
         assert httpx.post(f"{url}/upscale", content=b"not an image", headers={"content-type": "image/png"}).status_code == 400
-    finally:
-        serve.shutdown()

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import ray.data
 
 from raycv import storage
 from raycv.data.synth import MANIFEST, open_dataset, synthesize

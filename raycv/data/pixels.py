@@ -367,6 +367,34 @@ def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     return photos
 
 
+def add_photo_arguments(parser, checkpoint_help: str, repeat_checkpoint: bool = False) -> None:
+    """The flags of every `eval-photos` verb: the checkpoint(s), a subset of the photos, an output folder."""
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help, action="append" if repeat_checkpoint else "store")
+    parser.add_argument("--photos", default="", help="comma-separated subset of "
+                        f"{', '.join(SKIMAGE_PHOTOS + SKLEARN_PHOTOS)} (default: all)")
+    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+
+
+def photo_names(photos: str) -> tuple[str, ...] | None:
+    """`--photos` as real_photos takes it (None: all)."""
+    return tuple(name.strip() for name in photos.split(",") if name.strip()) or None
+
+
+def report_photos(rows: list[dict], title: str, out: str) -> int:
+    """Print an `eval-photos` table and, with `out`, save it as photos.json beside the PNGs."""
+    import json
+
+    from raycv.report import table
+
+    print(table(rows, title))
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "photos.json"), "w") as file:
+            json.dump(rows, file, indent=2)
+        print(f"side-by-side PNGs and photos.json: {out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Pictures.
 # ---------------------------------------------------------------------------------------------------

@@ -17,19 +17,10 @@ from torch import nn
 from torch.func import functional_call
 
 from raycv.models.cifar import CifarResNet
+from raycv.models.common import ResidualBlock
 
 DOWNSAMPLE = 8  # the encoder's stride: inputs are padded to multiples of it
 HISTOGRAM_DECAY = 0.99  # per training step: the symbol statistics follow the encoder as it learns
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 class Encoder(nn.Module):

@@ -21,3 +21,16 @@ class Normalized(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class ResidualBlock(nn.Module):
+    """EDSR's block: conv, ReLU, conv, added back; no batch norm (it would tie each pixel's output to
+    the batch's statistics and costs PSNR in restoration)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

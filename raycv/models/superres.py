@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from raycv.data.pixels import rgb_to_ycbcr, ycbcr_to_rgb
+from raycv.models.common import ResidualBlock
 
 # Low-resolution pixels of context the networks below can see on each side (their receptive field,
 # rounded up). Inputs padded this much give the same answer whatever they are batched or tiled with.
@@ -38,19 +39,6 @@ class ESPCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-class ResidualBlock(nn.Module):
-    """EDSR's block: conv, ReLU, conv, added back; no batch norm (it would tie each pixel's output to
-    the batch's statistics and costs PSNR in restoration)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 class ResidualPixelShuffle(nn.Module):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
 import struct
 from typing import Any, Iterable
@@ -154,26 +153,15 @@ def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
 
 
 def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a trained compress_ae checkpoint (repeatable: ae and aegan side by side)")
-    parser.add_argument("--photos", default="", help="comma-separated subset of "
-                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
-    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+    pixels.add_photo_arguments(parser, "a trained compress_ae checkpoint (repeatable: ae and aegan side by side)",
+                               repeat_checkpoint=True)
 
 
 def run_eval_photos(args: argparse.Namespace) -> int:
     """bpp, PSNR and SSIM of each checkpoint and of JPEG at no more bits, per held-out photograph"""
-    from raycv.report import table
-
-    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
-    rows = score_photos(args.checkpoint, names, args.out or None)
-    print(table(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; JPEG at "
-                      "no more bits than the first checkpoint)"))
-    if args.out:
-        with open(os.path.join(args.out, "photos.json"), "w") as file:
-            json.dump(rows, file, indent=2)
-        print(f"side-by-side PNGs and photos.json: {args.out}")
-    return 0
+    rows = score_photos(args.checkpoint, pixels.photo_names(args.photos), args.out or None)
+    return pixels.report_photos(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; "
+                                      "JPEG at no more bits than the first checkpoint)", args.out)
 
 
 def parse_reconstruct_query(query: dict[str, list[str]]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 from typing import Any, Iterable
 
@@ -195,29 +194,20 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
 
 
 def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained inpaint checkpoint")
-    parser.add_argument("--photos", default="", help="comma-separated subset of "
-                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
-    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+    pixels.add_photo_arguments(parser, "a trained inpaint checkpoint")
 
 
 def run_eval_photos(args: argparse.Namespace) -> int:
     """PSNR inside the hole, cv2.inpaint (Telea) vs the model, on held-out photographs"""
     from raycv.checkpoint import load_model
     from raycv.inference import default_device
-    from raycv.report import table
 
     loaded = load_model(args.checkpoint, "inpaint", default_device())
-    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
-    rows = score_photos(loaded, names, args.out or None)
+    rows = score_photos(loaded, pixels.photo_names(args.photos), args.out or None)
     meta = loaded.dataset_meta
-    print(table(rows, f"inpaint: {meta['hole_size']}-px holes in {meta['image_size'][0]}-px crops of photographs "
-                      f"never trained on ({PHOTO_CROPS} per photo; PSNR inside the hole, RGB)"))
-    if args.out:
-        with open(os.path.join(args.out, "photos.json"), "w") as file:
-            json.dump(rows, file, indent=2)
-        print(f"side-by-side PNGs and photos.json: {args.out}")
-    return 0
+    return pixels.report_photos(rows, f"inpaint: {meta['hole_size']}-px holes in {meta['image_size'][0]}-px crops of "
+                                      f"photographs never trained on ({PHOTO_CROPS} per photo; PSNR inside the hole, RGB)",
+                                args.out)
 
 
 def add_fill_arguments(parser: argparse.ArgumentParser) -> None:

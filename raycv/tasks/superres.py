@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 from typing import Any, Iterable
 
@@ -99,28 +98,19 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
 
 
 def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained superres checkpoint")
-    parser.add_argument("--photos", default="", help="comma-separated subset of "
-                        f"{', '.join(pixels.SKIMAGE_PHOTOS + pixels.SKLEARN_PHOTOS)} (default: all)")
-    parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
+    pixels.add_photo_arguments(parser, "a trained superres checkpoint")
 
 
 def run_eval_photos(args: argparse.Namespace) -> int:
     """PSNR/SSIM on Y, bicubic vs the model, per held-out photograph (scikit-image, scikit-learn)"""
     from raycv.checkpoint import load_model
     from raycv.inference import default_device
-    from raycv.report import table
 
     loaded = load_model(args.checkpoint, "superres", default_device())
-    names = tuple(name.strip() for name in args.photos.split(",") if name.strip()) or None
-    rows = score_photos(loaded, names, args.out or None)
+    rows = score_photos(loaded, pixels.photo_names(args.photos), args.out or None)
     scale = loaded.dataset_meta["scale"]
-    print(table(rows, f"superres x{scale} on photographs never trained on (PSNR/SSIM on Y, {scale}-px border shaved)"))
-    if args.out:
-        with open(os.path.join(args.out, "photos.json"), "w") as file:
-            json.dump(rows, file, indent=2)
-        print(f"side-by-side PNGs and photos.json: {args.out}")
-    return 0
+    return pixels.report_photos(rows, f"superres x{scale} on photographs never trained on (PSNR/SSIM on Y, "
+                                      f"{scale}-px border shaved)", args.out)
 
 
 def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
