@@ -175,7 +175,7 @@ def bench_serve(args, workdir: str) -> list[dict]:
     checkpoint, data = trained_checkpoint(args, workdir)
     splits, _ = open_dataset(get_task("classify"), data)
     bodies = [bytes(b) for b in splits["val"].take_batch(256)["image"]]
-    requests = 300 if args.quick else 2000
+    requests = 150 if args.quick else 2000
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -220,7 +220,7 @@ def bench_predict(args, workdir: str) -> list[dict]:
     splits, _ = open_dataset(get_task("classify"), data)
     folder = Path(workdir) / "predict-folder"
     folder.mkdir(exist_ok=True)
-    batch = splits["val"].take_batch(2048)
+    batch = splits["val"].take_batch(1024 if args.quick else 2048)
     for sample_id, image in zip(batch["id"], batch["image"]):
         (folder / f"{sample_id}.png").write_bytes(image)
     summary = predict_folder(checkpoint, str(folder), str(Path(workdir) / "predictions.csv"), "classify",
@@ -236,7 +236,7 @@ def bench_synth(args, workdir: str) -> list[dict]:
     from raycv.tasks import get_task
 
     task = get_task("detect")
-    count = 2_000 if args.quick else 20_000
+    count = 800 if args.quick else 20_000
     cpus = int(ray.cluster_resources().get("CPU", 1))
     params = {"image_size": 300, "min_objects": 1, "max_objects": 3}
     synthesize(task, str(Path(workdir) / "synth-warmup"), {"train": 64}, params=params)  # start worker processes
@@ -257,7 +257,8 @@ def bench_search(args, workdir: str) -> list[dict]:
 
     from raycv.index import EmbeddingIndex, faiss_module
 
-    count, dim, identities, queries = 100_000, 512, 10_000, 2_000
+    # --quick: a 20,000-vector index (the 100,000-vector figure is the full run's).
+    count, dim, identities, queries = (20_000, 512, 2_000, 1_000) if args.quick else (100_000, 512, 10_000, 2_000)
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((identities, dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -380,7 +381,7 @@ def bench_tune(args, workdir: str) -> list[dict]:
     data = f"{workdir}/classify-tune"
     train_size = 1024 if args.quick else (20_000 if args.gpu else 4096)
     synthesize(task, data, {"train": train_size, "val": 256}, seed=2)
-    trials, epochs = (4, 2) if args.quick else (8, 3)
+    trials, epochs = (2, 2) if args.quick else (8, 3)
     base = task.default_config().replace(model="vgg11_bn", width=0.25 if args.quick else 0.5, epochs=epochs, workers=1,
                                          batch_size=512 if args.gpu else 128, gpu=args.gpu, storage=f"{workdir}/runs",
                                          compile=args.compile)
@@ -461,6 +462,7 @@ def main() -> None:
             results["section_seconds"][section] = round(time.perf_counter() - section_started, 1)
             print(table(rows, f"\n[{section}] ({results['section_seconds'][section]:.0f} s)"))
     results["seconds"] = round(time.perf_counter() - started, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     markdown_path = Path(args.out).with_suffix(".md")
     markdown_path.write_text(markdown(results, sections) + "\n")

@@ -81,7 +81,10 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
                 batch_size=min(batch_size, -(-count // blocks)),
                 concurrency=workers,
             )
-            dataset.write_parquet(storage.join(tmp, split))
+            # The same task-pool size on the write lets Ray Data fuse it into the synthesis tasks. Unfused,
+            # every block crossed the object store and its write task took a CPU slot from synthesis:
+            # 2 workers on 2 cores ran at 0.58 of twice one worker's rate.
+            dataset.write_parquet(storage.join(tmp, split), concurrency=workers)
             export = getattr(task, "export_split", None)
             if export is not None:  # e.g. COCO JSON next to the Parquet rows of scene tasks
                 export(tmp, split, meta)
