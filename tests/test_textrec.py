@@ -108,3 +108,25 @@ def test_labels_outside_the_alphabet_and_bad_parameters_are_refused():
         TASK.dataset_meta({**STREET, "source": "books"})
     with pytest.raises(RaycvError, match="max_length=7 for source 'street'"):
         TASK.dataset_meta({**STREET, "max_length": 7})
+
+
+@pytest.mark.parametrize("task_name, params", [("textrec", {"source": "street"}), ("captcha", {})])
+def test_examples_verb_draws_the_readings_of_a_split(ray_session, tmp_path, capsys, task_name, params):
+    from PIL import Image
+
+    from conftest import saved_checkpoint
+    from raycv.cli import main
+    from raycv.data.synth import synthesize
+
+    task = get_task(task_name)
+    data = str(tmp_path / "lines")
+    manifest = synthesize(task, data, {"train": 0, "val": 6}, params=params)
+    checkpoint = saved_checkpoint(task, task.default_config(), manifest["meta"], str(tmp_path / "model"))
+    out = tmp_path / "readings.png"
+    assert main([task_name, "examples", "--checkpoint", checkpoint, "--data", data, "--count", "6", "--out", str(out)]) == 0
+    assert "6 readings" in capsys.readouterr().out
+    width, height = Image.open(out).size
+    assert width > height > 0  # two rows of four panels, 3 inches per column
+    assert main([task_name, "examples", "--checkpoint", checkpoint, "--data", data, "--split", "test",
+                 "--out", str(out)]) == 2
+    assert "no split 'test'" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from raycv.models.cifar import CifarResNet
 from raycv.models.common import Normalized
 from raycv.models.crnn import PositionHeads, conv_stack
 from raycv.tasks.classify import MEAN, STD, resize_all
+from raycv.tasks.textrec import TEXT_VERBS
 
 
 def resnet18_features(width: float) -> tuple[nn.Module, int]:
@@ -50,6 +51,7 @@ class CaptchaTask:
     metric_mode = "max"
     synth_defaults = {"length": 4, "width": 160, "height": 60}
     model_names = tuple(BACKBONES)
+    cli_verbs = TEXT_VERBS
 
     def default_config(self) -> TrainConfig:
         # Sized for 2 CPU cores: two epochs over 80,000 captchas. Fresh captchas beat more passes over few:
