@@ -92,9 +92,10 @@ def bench_train(args, workdir: str) -> list[dict]:
     data, size = classify_bench_data(args, workdir)
     models = [("vgg11_bn", 0.25)] if args.quick and not args.gpu else [("vgg11_bn", 1.0), ("resnet18", 1.0)]
     batch = 512 if args.gpu else 128
+    epochs = 2 if args.quick else 3  # epoch 1 is the warm-up the rates leave out
     rows = []
     for model, width in models:
-        cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=3, workers=1,
+        cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=epochs, workers=1,
                                             gpu=args.gpu, cpus_per_worker=args.cpus, storage=f"{workdir}/runs",
                                             name=f"bench-{model}-{width}", compile=args.compile)
         result = fit(task, cfg, data)
@@ -111,7 +112,7 @@ def bench_train(args, workdir: str) -> list[dict]:
         rows.append({"model": rows[0]["model"], "workers": 2, "device": "skipped: needs 2 GPUs"})
         return rows
     model, width = models[0]
-    cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=3, workers=2,
+    cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=epochs, workers=2,
                                         gpu=args.gpu, cpus_per_worker=args.cpus if args.gpu else max(1, args.cpus // 2),
                                         storage=f"{workdir}/runs", name=f"bench-{model}-{width}-2w", compile=args.compile)
     two = statistics.median(row["train_images_per_s"] for row in fit(task, cfg, data).history[1:])
@@ -131,7 +132,7 @@ def trained_checkpoint(args, workdir: str) -> tuple[str, str]:
     task = get_task("classify")
     data = f"{workdir}/classify-serve"
     if not Path(data).exists():
-        synthesize(task, data, {"train": 2048, "val": 2048}, seed=1)
+        synthesize(task, data, {"train": 512 if args.quick else 2048, "val": 1024 if args.quick else 2048}, seed=1)
     # The book's full VGG-11-BN: what users serve, and heavy enough that batching matters.
     cfg = task.default_config().replace(epochs=1, workers=1, cpus_per_worker=args.cpus, storage=f"{workdir}/runs",
                                         name="serve-model")
@@ -175,7 +176,7 @@ def bench_serve(args, workdir: str) -> list[dict]:
     checkpoint, data = trained_checkpoint(args, workdir)
     splits, _ = open_dataset(get_task("classify"), data)
     bodies = [bytes(b) for b in splits["val"].take_batch(256)["image"]]
-    requests = 150 if args.quick else 2000
+    requests = 100 if args.quick else 2000
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -220,7 +221,7 @@ def bench_predict(args, workdir: str) -> list[dict]:
     splits, _ = open_dataset(get_task("classify"), data)
     folder = Path(workdir) / "predict-folder"
     folder.mkdir(exist_ok=True)
-    batch = splits["val"].take_batch(1024 if args.quick else 2048)
+    batch = splits["val"].take_batch(512 if args.quick else 2048)
     for sample_id, image in zip(batch["id"], batch["image"]):
         (folder / f"{sample_id}.png").write_bytes(image)
     summary = predict_folder(checkpoint, str(folder), str(Path(workdir) / "predictions.csv"), "classify",
@@ -381,7 +382,7 @@ def bench_tune(args, workdir: str) -> list[dict]:
     data = f"{workdir}/classify-tune"
     train_size = 1024 if args.quick else (20_000 if args.gpu else 4096)
     synthesize(task, data, {"train": train_size, "val": 256}, seed=2)
-    trials, epochs = (2, 2) if args.quick else (8, 3)
+    trials, epochs = (2, 1) if args.quick else (8, 3)
     base = task.default_config().replace(model="vgg11_bn", width=0.25 if args.quick else 0.5, epochs=epochs, workers=1,
                                          batch_size=512 if args.gpu else 128, gpu=args.gpu, storage=f"{workdir}/runs",
                                          compile=args.compile)
