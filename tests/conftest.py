@@ -81,6 +81,17 @@ def saved_checkpoint(task, cfg, meta: dict, folder: str, model=None) -> str:
     return folder
 
 
+def png_bytes(image) -> bytes:
+    """A uint8 HWC array as PNG bytes, as a client would send it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

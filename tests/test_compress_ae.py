@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import served, train_steps
+from conftest import png_bytes, served, train_steps
 
 from raycv.cli import main
 from raycv.data.images import decode_image
@@ -147,11 +147,9 @@ def test_fit_reports_bpp_and_eval_photos_puts_jpeg_beside(aegan_run, capsys):
 def test_reconstruct_route_answers_a_png(aegan_run):
     result, _ = aegan_run
     image = np.random.default_rng(2).integers(0, 256, (30, 41, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
     with served(result.best_checkpoint, "compress_ae") as base:
         url = f"{base}/v1/compress_ae"
-        png = {"content": buffer.getvalue(), "headers": {"content-type": "image/png"}, "timeout": 60}
+        png = {"content": png_bytes(image), "headers": {"content-type": "image/png"}, "timeout": 60}
         shown = httpx.post(f"{url}/reconstruct", **png)
         assert shown.status_code == 200 and shown.headers["content-type"] == "image/png", shown.text
         assert Image.open(io.BytesIO(shown.content)).size == (41, 30)

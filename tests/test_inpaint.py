@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import saved_checkpoint, served, train_steps
+from conftest import png_bytes, saved_checkpoint, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
@@ -30,12 +30,6 @@ def rows(count: int, seed: int = 0) -> dict[str, torch.Tensor]:
     samples = [TASK.synthesize_sample(np.random.default_rng([seed, index]), SMALL) for index in range(count)]
     stored = {"image": np.array([s["image"] for s in samples], dtype=object), "hole": np.stack([s["hole"] for s in samples])}
     return {key: torch.from_numpy(value) for key, value in TASK.decode(stored, TASK.dataset_meta(SMALL)).items()}
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_rows_are_deterministic_and_hold_the_hole_inside_the_image():
@@ -132,11 +126,11 @@ def inpaint_run(tmp_path_factory):
 def test_fill_and_eval_photos_verbs(inpaint_run, capsys):
     checkpoint, folder = inpaint_run
     image = np.random.default_rng(5).integers(0, 256, (45, 61, 3), dtype=np.uint8)
-    (folder / "in.png").write_bytes(png(image))
+    (folder / "in.png").write_bytes(png_bytes(image))
     mask = np.zeros((45, 61), dtype=np.uint8)
     mask[3:13, 4:24] = 255
-    (folder / "mask.png").write_bytes(png(mask))
-    (folder / "small_mask.png").write_bytes(png(mask[:40]))
+    (folder / "mask.png").write_bytes(png_bytes(mask))
+    (folder / "small_mask.png").write_bytes(png_bytes(mask[:40]))
     base = ["inpaint", "fill", "--checkpoint", checkpoint, "--image", str(folder / "in.png")]
     assert main([*base, "--mask", str(folder / "mask.png"), "--out", str(folder / "a.png")]) == 0
     assert "filled 200 pixels" in capsys.readouterr().out
@@ -158,14 +152,14 @@ def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
     with served(checkpoint, "inpaint") as base:
         url = f"{base}/v1/inpaint"
         headers = {"content-type": "image/png"}
-        filled = httpx.post(f"{url}/fill", content=png(with_hole(image, hole)), headers=headers, timeout=60)
+        filled = httpx.post(f"{url}/fill", content=png_bytes(with_hole(image, hole)), headers=headers, timeout=60)
         assert filled.status_code == 200 and filled.headers["content-type"] == "image/png", filled.text
         local = answer_image(predict(load_model(checkpoint, "inpaint"), [with_hole(image, hole)])[0])
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(filled.content))), local)
-        no_alpha = httpx.post(f"{url}/fill", content=png(image), headers=headers, timeout=60)
+        no_alpha = httpx.post(f"{url}/fill", content=png_bytes(image), headers=headers, timeout=60)
         assert no_alpha.status_code == 422 and "no transparent pixels" in no_alpha.json()["detail"]
-        with_query = httpx.post(f"{url}/fill", params={"hole": "1,1,5,5"}, content=png(image), headers=headers)
+        with_query = httpx.post(f"{url}/fill", params={"hole": "1,1,5,5"}, content=png_bytes(image), headers=headers)
         assert with_query.status_code == 422 and "alpha 0" in with_query.json()["detail"]
-        answer = httpx.post(f"{url}/predict", content=png(with_hole(image, hole)), headers=headers,
+        answer = httpx.post(f"{url}/predict", content=png_bytes(with_hole(image, hole)), headers=headers,
                             timeout=60).json()["predictions"][0]
         assert answer["hole_pixels"] == 300 and (answer["width"], answer["height"]) == (52, 40)

@@ -29,12 +29,6 @@ SMALL_SCENES = {"image_size": 64}  # objects of 16-29 px: enough to learn from i
 TINY = dict(width=0.25, batch_size=8, lr=3e-3, workers=2, cpus_per_worker=1)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def scene_batch(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     params = {**TASK.synth_defaults, **SMALL_SCENES}
     rows = [TASK.synthesize_sample(sample_generator(seed, "train", index), params) for index in range(count)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import threading
 import time
 from collections import Counter
@@ -12,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, png_bytes
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
@@ -22,12 +20,6 @@ from raycv.config import ServeOptions
 from raycv.data.synth import open_dataset
 from raycv.inference import predict
 from raycv.tasks import get_task
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

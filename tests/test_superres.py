@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import served, train_steps
+from conftest import png_bytes, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
@@ -164,11 +164,9 @@ def test_fit_reports_psnr_beside_bicubic_and_eval_photos_prints_the_table(superr
 def test_upscale_route_answers_a_png_twice_the_size(superres_run):
     result, _ = superres_run
     image = np.random.default_rng(4).integers(0, 256, (21, 35, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
     with served(result.best_checkpoint, "superres") as base:
         url = f"{base}/v1/superres"
-        png = {"content": buffer.getvalue(), "headers": {"content-type": "image/png"}, "timeout": 60}
+        png = {"content": png_bytes(image), "headers": {"content-type": "image/png"}, "timeout": 60}
         upscaled = httpx.post(f"{url}/upscale", **png)
         assert upscaled.status_code == 200 and upscaled.headers["content-type"] == "image/png", upscaled.text
         local = answer_image(predict(load_model(result.best_checkpoint, "superres"), [image])[0])
