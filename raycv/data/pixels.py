@@ -21,6 +21,8 @@ crops come from, how they are degraded, how results are measured and how they ar
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -365,6 +367,34 @@ def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
             image = getattr(skimage.data, name)()
         photos[name] = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
     return photos
+
+
+def answer_png(answer: dict) -> bytes:
+    """The PNG a pixel task's prediction carries (base64 in its JSON answer)."""
+    import base64
+
+    return base64.b64decode(answer["image_png"])
+
+
+def answer_image(answer: dict) -> np.ndarray:
+    from raycv.data.images import decode_image
+
+    return decode_image(answer_png(answer))
+
+
+def png_response(image: np.ndarray, answer: dict) -> bytes:
+    """A Serve route's `respond` that answers with the prediction's PNG itself."""
+    return answer_png(answer)
+
+
+def no_query(route: str, hint: str = "") -> Callable[[dict], dict]:
+    """A Serve route's `parse_query` for a route that takes no query parameters."""
+    def parse(query: dict[str, list[str]]) -> dict:
+        if query:
+            raise RaycvError(f"{route} takes no query parameters (got {', '.join(sorted(query))}){hint}")
+        return {}
+
+    return parse
 
 
 def add_photo_arguments(parser, checkpoint_help: str, repeat_checkpoint: bool = False) -> None:

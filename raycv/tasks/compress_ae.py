@@ -125,7 +125,7 @@ def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
         first_bits = None
         for loaded in models:
             answer = predict(loaded, [photo])[0]
-            result = decode_image(base64.b64decode(answer["image_png"]))
+            result = pixels.answer_image(answer)
             first_bits = first_bits or 8 * answer["bytes"]
             psnr, ssim = pixels.psnr_ssim(result, photo, luma=False)
             label = loaded.meta["config"]["model"]
@@ -164,16 +164,6 @@ def run_eval_photos(args: argparse.Namespace) -> int:
                                       "JPEG at no more bits than the first checkpoint)", args.out)
 
 
-def parse_reconstruct_query(query: dict[str, list[str]]) -> dict[str, Any]:
-    if query:
-        raise RaycvError(f"/v1/compress_ae/reconstruct takes no query parameters (got {', '.join(sorted(query))})")
-    return {}
-
-
-def reconstruction_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
-    return base64.b64decode(answer["image_png"])
-
-
 # ---------------------------------------------------------------------------------------------------
 # The task.
 # ---------------------------------------------------------------------------------------------------
@@ -192,7 +182,7 @@ class CompressAETask:
     synth_defaults = {"image_size": 64, "images_dir": ""}
     model_names = tuple(MODELS)
     train_options = TRAIN_OPTIONS
-    routes = {"reconstruct": (parse_reconstruct_query, reconstruction_png)}
+    routes = {"reconstruct": (pixels.no_query("/v1/compress_ae/reconstruct"), pixels.png_response)}
     cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos)}
 
     def default_config(self) -> TrainConfig:

@@ -36,6 +36,7 @@ from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data import pixels
+from raycv.data.pixels import answer_image
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.unet import INPUT_MULTIPLE, UNet
@@ -156,10 +157,6 @@ def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> flo
     return float(pixels.masked_psnr(pixels.as_batch(result), pixels.as_batch(original), hole))
 
 
-def answer_image(answer: dict[str, Any]) -> np.ndarray:
-    return decode_image(base64.b64decode(answer["image_png"]))
-
-
 def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None = None) -> list[dict[str, Any]]:
     """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
     With `out`, a side-by-side PNG of each photo's first crop."""
@@ -233,18 +230,11 @@ def run_fill(args: argparse.Namespace) -> int:
     answer = predict(loaded, [with_hole(image, hole)])[0]
     try:
         with open(args.out, "wb") as file:
-            file.write(base64.b64decode(answer["image_png"]))
+            file.write(pixels.answer_png(answer))
     except OSError as problem:
         raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
     print(f"{args.out}: filled {answer['hole_pixels']} pixels of {image.shape[1]}x{image.shape[0]}")
     return 0
-
-
-def parse_fill_query(query: dict[str, list[str]]) -> dict[str, Any]:
-    if query:
-        raise RaycvError(f"/v1/inpaint/fill takes no query parameters (got {', '.join(sorted(query))}); "
-                         "mark the hole with alpha 0 in the image")
-    return {}
 
 
 def filled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
@@ -252,7 +242,7 @@ def filled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
         raise RaycvError("the image has no transparent pixels: send an RGBA PNG whose alpha is 0 where to fill")
     if answer["hole_pixels"] == image.shape[0] * image.shape[1]:
         raise RaycvError("the whole image is transparent: there is nothing left to fill the hole from")
-    return base64.b64decode(answer["image_png"])
+    return pixels.answer_png(answer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,7 +257,7 @@ class InpaintTask:
     synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
     model_names = ("unet_resnet18",)
     image_mode = "RGBA"
-    routes = {"fill": (parse_fill_query, filled_png)}
+    routes = {"fill": (pixels.no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
     cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos), "fill": (add_fill_arguments, run_fill)}
 
     def default_config(self) -> TrainConfig:

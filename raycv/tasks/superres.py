@@ -33,6 +33,7 @@ from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data import pixels
+from raycv.data.pixels import answer_image
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.superres import ESPCN, HALO, LumaSR, ResidualPixelShuffle
@@ -54,10 +55,6 @@ def make_pair(high: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------
 # Pictures and per-photo scores.
 # ---------------------------------------------------------------------------------------------------
-
-
-def answer_image(answer: dict[str, Any]) -> np.ndarray:
-    return decode_image(base64.b64decode(answer["image_png"]))
 
 
 def comparison_panels(low: np.ndarray, bicubic: np.ndarray, result: np.ndarray, high: np.ndarray, scale: int,
@@ -129,21 +126,11 @@ def run_upscale(args: argparse.Namespace) -> int:
     answer = predict(loaded, [image])[0]
     try:
         with open(args.out, "wb") as file:
-            file.write(base64.b64decode(answer["image_png"]))
+            file.write(pixels.answer_png(answer))
     except OSError as problem:
         raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
     print(f"{args.out}: {image.shape[1]}x{image.shape[0]} -> {answer['width']}x{answer['height']} (x{answer['scale']})")
     return 0
-
-
-def parse_upscale_query(query: dict[str, list[str]]) -> dict[str, Any]:
-    if query:
-        raise RaycvError(f"/v1/superres/upscale takes no query parameters (got {', '.join(sorted(query))})")
-    return {}
-
-
-def upscaled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
-    return base64.b64decode(answer["image_png"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,7 +144,7 @@ class SuperresTask:
     metric_mode = "max"
     synth_defaults = {"crop_size": 64, "scale": 2, "images_dir": ""}
     model_names = tuple(MODELS)
-    routes = {"upscale": (parse_upscale_query, upscaled_png)}
+    routes = {"upscale": (pixels.no_query("/v1/superres/upscale"), pixels.png_response)}
     cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
                  "upscale": (add_upscale_arguments, run_upscale)}
 
