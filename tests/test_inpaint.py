@@ -19,8 +19,8 @@ from raycv.data import pixels
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
-from raycv.tasks.inpaint import (answer_image, check_mask, hole_masks, moved_holes, parse_hole, telea,
-                                 with_hole)
+from raycv.tasks.inpaint import (answer_image, check_mask, hole_masks, moved_holes, parse_hole, smooth_fill,
+                                 telea, with_hole)
 
 TASK = get_task("inpaint")
 SMALL = {**TASK.synth_defaults, "image_size": 64, "hole_size": 21}  # the book's 42-in-128, halved
@@ -72,13 +72,31 @@ def test_masks_from_users_are_validated():
         parse_hole("35,5,10,4", image.shape)
 
 
-def test_training_steps_lower_the_error_inside_the_hole():
+def test_smooth_prior_keeps_known_pixels_and_continues_smooth_images_into_the_hole():
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    ramp = torch.stack([x, y, 0.5 * x + 0.25 * y])[None]  # harmonic: the membrane fill is the ramp itself
+    mask = hole_masks(torch.tensor([[10, 20, 21]]), 64)
+    filled = smooth_fill(ramp * (1 - mask), mask)
+    assert torch.equal(filled * (1 - mask), ramp * (1 - mask))
+    assert (filled - ramp).abs().max() < 0.01
+    flat = torch.full((2, 3, 45, 70), 0.3)  # odd sizes, a hole on the border
+    border = torch.zeros(2, 1, 45, 70)
+    border[:, :, :20, 50:] = 1
+    assert torch.allclose(smooth_fill(flat * (1 - border), border), flat, atol=1e-6)
+
+
+def test_an_untrained_filler_is_the_prior_and_training_improves_on_it():
     torch.manual_seed(0)
     batch = rows(8)
     cfg = TASK.default_config().replace(width=0.25)
     model = TASK.build_model(cfg, TASK.dataset_meta(SMALL))
-    losses = train_steps(TASK, model, batch, cfg, 25, lr=2e-3)
-    assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
+    images = batch["image"].permute(0, 3, 1, 2).float() / 255
+    masks = hole_masks(batch["hole"], 64)
+    with torch.no_grad():
+        untrained = model.eval()(torch.cat([images, masks], dim=1))[:, :3]
+    assert torch.allclose(untrained, smooth_fill(images * (1 - masks), masks).clamp(0, 1) * masks + images * (1 - masks))
+    losses = train_steps(TASK, model.train(), batch, cfg, 25, lr=2e-3)
+    assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
 
 def test_evaluate_scores_the_model_and_telea_inside_the_hole():
@@ -96,6 +114,7 @@ def test_evaluate_scores_the_model_and_telea_inside_the_hole():
     assert metrics["psnr_hole_telea"] == pytest.approx(expected, abs=1e-3)
     assert 5 < metrics["psnr_hole"] < 60 and metrics["psnr_gain"] == pytest.approx(
         metrics["psnr_hole"] - metrics["psnr_hole_telea"])
+    assert metrics["psnr_hole"] == pytest.approx(metrics["psnr_hole_prior"], abs=1e-3)  # untrained: the prior
 
 
 def test_predict_fills_only_the_transparent_pixels_at_any_size():
@@ -141,7 +160,7 @@ def test_fill_and_eval_photos_verbs(inpaint_run, capsys):
     assert main(["inpaint", "eval-photos", "--checkpoint", checkpoint, "--photos", "coins",
                  "--out", str(folder / "photos")]) == 0
     printed = capsys.readouterr().out
-    assert "coins" in printed and "telea_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
+    assert "coins" in printed and "telea_psnr_hole" in printed and "prior_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
 
 
 def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
