@@ -113,27 +113,28 @@ def telea(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 
 
-PRIOR_RELAXATIONS = 8  # Jacobi sweeps per pyramid level; more changed the photo PSNR by < 0.1 dB
+PRIOR_RELAXATIONS = 8  # Jacobi sweeps per pyramid level; 16 changed the photo PSNR by < 0.1 dB
 
 
 def smooth_fill(known: torch.Tensor, mask: torch.Tensor, relaxations: int = PRIOR_RELAXATIONS) -> torch.Tensor:
     """The hole (mask 1) of `known` (N, C, H, W; zero in the hole) filled smoothly from its surroundings:
     push-pull interpolation, where every pyramid level takes the masked mean of the finer one, and on
     the way down each level keeps its known share and takes the rest from the coarser level, relaxed by
-    Jacobi sweeps towards the membrane fill. Known pixels are returned exactly. Hand-written on
-    purpose: cv2.inpaint works on uint8 arrays on the CPU, and this prior has to run inside the model,
-    batched, on any device."""
+    Jacobi sweeps towards the membrane fill. The full-resolution level is only the bilinear upsampling
+    of the relaxed half-resolution one: relaxing it too cost 5x the time for 0.08 dB on the held-out
+    photos. Known pixels are returned exactly. Hand-written on purpose: cv2.inpaint works on uint8
+    arrays on the CPU, and this prior has to run inside the model, batched, on any device."""
     values, weights = known * (1 - mask), 1 - mask  # values = weights * mean of the known pixels
     pyramid = []
     while min(values.shape[-2:]) > 1 and bool((weights < 1).any()):
         pyramid.append((values, weights))
         values, weights = (nn.functional.avg_pool2d(t, 2, ceil_mode=True) for t in (values, weights))
     filled = values / weights.clamp(min=1e-6)
-    for values, weights in reversed(pyramid):
+    for level, (values, weights) in reversed(list(enumerate(pyramid))):
         coarse = nn.functional.interpolate(filled, size=values.shape[-2:], mode="bilinear", align_corners=False)
         missing = 1 - weights
         filled = values + missing * coarse
-        for _ in range(relaxations):
+        for _ in range(relaxations if level > 0 else 0):
             neighbours = nn.functional.avg_pool2d(nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             filled = values + missing * neighbours
     return filled
