@@ -5,8 +5,8 @@ The hole is first filled with a smooth prior: push-pull interpolation (masked me
 pyramid, then back down) relaxed towards the membrane (harmonic) fill at every level. That alone beats
 Telea inside the hole on photographs. The network, the segment task's UNet (ResNet-18 encoder,
 LinkNet decoder) with four input channels (the prior-filled image and the hole mask), predicts a
-correction of the prior; its last layer starts at zero, so training starts from the prior rather
-than from grey. Outside the hole the input is kept exactly, so only the hole is ever the network's.
+correction of the prior with zero mean over the hole (structure, not colour); its last layer starts
+at zero, so training starts from the prior rather than from grey. Outside the hole the input is kept exactly, so only the hole is ever the network's.
 The loss is the mean squared error inside the hole, the quantity PSNR measures.
 
 Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image
@@ -156,7 +156,12 @@ class HoleFiller(nn.Module):
         rgb, mask = x[:, :3].float(), x[:, 3:4].float()
         known = rgb * (1 - mask)  # whatever the hole held (the book's noise, a logo) is never seen
         prior = smooth_fill(known, mask)
-        fill = (prior + self.net(torch.cat([prior, mask], dim=1)).float()).clamp(0, 1)
+        correction = self.net(torch.cat([prior, mask], dim=1)).float() * mask
+        # Zero mean over the hole, per image and channel: the prior's average colour is kept and the
+        # network only adds structure. Trained on dead leaves without this, it shifted the colour of
+        # smooth photos (retina: 44.5 dB for the prior, 31.5 with the correction).
+        correction = correction - correction.sum(dim=(2, 3), keepdim=True) / mask.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+        fill = (prior + correction).clamp(0, 1)
         return torch.cat([known + fill * mask, mask], dim=1)
 
 
