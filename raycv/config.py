@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = option(128, "batch size per worker")
     lr: float = option(0.1, "peak learning rate (onecycle) or initial one (cosine, constant)")
     optimizer: str = option("sgd", f"one of {', '.join(OPTIMIZERS)}")
-    momentum: float = option(0.9, "SGD momentum (Nesterov when > 0)")
+    momentum: float = option(0.9, "SGD momentum (Nesterov when > 0), or AdamW's beta1 (GANs train with 0.5)")
     weight_decay: float = option(5e-4, "weight decay on weights (not on biases or norm scales)")
     schedule: str = option("onecycle", f"learning-rate schedule: one of {', '.join(SCHEDULES)}")
     warmup_fraction: float = option(0.2, "onecycle's rising phase, as a share of all steps")
@@ -64,6 +64,7 @@ class TrainConfig:
             (self.epochs >= 1, "epochs", self.epochs, "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
             (self.lr > 0, "lr", self.lr, "a positive number"),
+            (0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)"),
             (self.width > 0, "width", self.width, "a positive number"),
             (self.workers >= 1, "workers", self.workers, "an integer >= 1"),
             (self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number"),

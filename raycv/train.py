@@ -175,7 +175,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: i
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(

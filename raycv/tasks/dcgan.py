@@ -105,8 +105,10 @@ class DCGANTask:
     cli_verbs = {"samples": (add_samples_arguments, run_samples)}
 
     def default_config(self) -> TrainConfig:
+        # Adam's beta1 at 0.5, as in the DCGAN paper: with the usual 0.9 the discriminator won, the
+        # generator's loss climbed from 4 to 7 in 12 epochs and every sample was the same purple lattice.
         return TrainConfig(model="dcgan", width=0.5, epochs=12, batch_size=64, lr=2e-4, optimizer="adamw",
-                           weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2)
+                           momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         pixels.check_images_dir(params["images_dir"])
