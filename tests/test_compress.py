@@ -68,9 +68,9 @@ def test_distillation_pulls_the_pruned_student_towards_the_teacher(setup):
     assert {id(p) for p in distilled.parameters()} == {id(p) for p in student.parameters()}
     assert not any(key.startswith("teacher") for key in distilled.state_dict())
 
-    def gap() -> float:
+    def gap(model=student) -> float:
         with torch.no_grad():
-            return float(torch.nn.functional.mse_loss(student(example), teacher(example)))
+            return float(torch.nn.functional.mse_loss(model.eval()(example), teacher(example)))
 
     distilled.train()
     student.eval()  # BatchNorm in eval mode, so the pending term can be checked exactly
@@ -82,8 +82,14 @@ def test_distillation_pulls_the_pruned_student_towards_the_teacher(setup):
     assert distilled.pending is None  # taken into the loss
     assert with_term > float(loaded.task.loss(student, batch, cfg))
     before = gap()
-    compress.finetune(task, distilled, data, cfg, 1, 10, torch.Generator().manual_seed(0), "test")
-    assert gap() < 0.7 * before, (before, gap())
+    undistilled = compress.copy_model(student)
+    # 30 steps: at 10 the gap had fallen only 20-30 %, too close to any bar (measured: after 30 steps
+    # distilled 0.18-0.20 of the start, plain fine-tuning 0.41-0.45)
+    compress.finetune(task, distilled, data, cfg, 1, 30, torch.Generator().manual_seed(0), "test")
+    compress.finetune(loaded.task, undistilled, data, cfg, 1, 30, torch.Generator().manual_seed(0), "test")
+    distilled_gap, label_only_gap = gap(student), gap(undistilled)
+    assert distilled_gap < 0.5 * before, (before, distilled_gap)
+    assert distilled_gap < 0.75 * label_only_gap, (distilled_gap, label_only_gap)  # the term is what helps
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_state.items())
     assert outputs.shape == (8, len(loaded.dataset_meta["classes"]))
 
