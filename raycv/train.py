@@ -234,7 +234,7 @@ def train_loop(config: dict[str, Any]) -> None:
             model.load_state_dict(checkpoint.load_weights(cfg.init_checkpoint))
         apply_global_sparsity(model, cfg.sparsity)
     raw_model = model
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=getattr(task, "ddp_options", {}) or None)
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
     amp_dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

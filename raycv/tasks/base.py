@@ -35,6 +35,9 @@ getattr(task, ..., {}) and knows nothing else about:
   `TrainConfig.extra[NAME]`; the task reads `cfg.extra.get(NAME, default)`. Example: `--head softmax`.
 - `split_params(split, params, seed) -> params`: the generator parameters for one split of a dataset
   synthesized with `seed` (search: training and validation splits get disjoint identities).
+- `ddp_options = {"find_unused_parameters": True}`: keyword arguments for DistributedDataParallel
+  (through ray.train.torch.prepare_model). dcgan uses it: its steps alternate between two players, so
+  half of the parameters get no gradient on any one step.
 - `image_mode = "RGBA"` (a plain string, default "RGB"): the PIL mode request images and image files
   are decoded in for this task's preprocess, by serve.py and inference.py alike. inpaint uses it: the
   alpha channel carries the mask (transparent = the hole to fill), one file and one request per image.

@@ -1,8 +1,9 @@
 """DCGAN 64x64 (textbook chapter 8), with the adversarial loss done right and a number to judge it by.
 
 Data: the procedural shapes of classify (raycv.data.procedural) drawn at 64x64, or crops of any image
-folder (--param images_dir=DIR). One backward pass per step trains both players, each on its own
-loss only (raycv.models.dcgan), so the generic Ray Train loop runs it unchanged.
+folder (--param images_dir=DIR). Training steps alternate between the players, one loss and one
+backward pass each (raycv.models.dcgan), so the generic Ray Train loop runs it unchanged; the epoch's
+train_loss is the mean over both players' steps.
 
 Metric (val): swd, the sliced Wasserstein distance (x1000) between 7x7 patches of generated and of
 real images at 64 and 32 pixels (Karras et al. 2018, who use it on multi-scale patches; no pretrained
@@ -103,11 +104,13 @@ class DCGANTask:
     synth_defaults = {"images_dir": ""}
     model_names = ("dcgan",)
     cli_verbs = {"samples": (add_samples_arguments, run_samples)}
+    ddp_options = {"find_unused_parameters": True}  # the player sitting a step out has no gradient
 
     def default_config(self) -> TrainConfig:
-        # Adam's beta1 at 0.5, as in the DCGAN paper: with the usual 0.9 the discriminator won, the
-        # generator's loss climbed from 4 to 7 in 12 epochs and every sample was the same purple lattice.
-        return TrainConfig(model="dcgan", width=0.5, epochs=12, batch_size=64, lr=2e-4, optimizer="adamw",
+        # Adam's beta1 at 0.5, as in the DCGAN paper. x0.25 and 40 epochs over 6,000 images: 3,750
+        # alternating steps (about 1,900 per player) in 613 s on 2 CPU cores, val SWD 184 against a
+        # real-vs-real floor of 87 (x0.5 for 12 epochs, simultaneous updates, batch-normed D: 555).
+        return TrainConfig(model="dcgan", width=0.25, epochs=40, batch_size=64, lr=2e-4, optimizer="adamw",
                            momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +140,7 @@ class DCGANTask:
         return {"image": pixels.random_dihedral(to_model_input(batch["image"]))[0]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
-        outputs = model(to_model_input(batch["image"]))
-        return outputs["discriminator"] + outputs["generator"]  # disjoint parameters: see models/dcgan.py
+        return model(to_model_input(batch["image"]))["loss"]
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
