@@ -108,8 +108,8 @@ class DCGANTask:
 
     def default_config(self) -> TrainConfig:
         # Adam's beta1 at 0.5, as in the DCGAN paper. x0.25 and 40 epochs over 6,000 images: 3,750
-        # alternating steps (about 1,900 per player) in 613 s on 2 CPU cores, val SWD 184 against a
-        # real-vs-real floor of 87 (x0.5 for 12 epochs, simultaneous updates, batch-normed D: 555).
+        # alternating steps (about 1,900 per player) in 613 s on 2 CPU cores, best val SWD 144 against
+        # a real-vs-real floor of 87 (x0.5 for 12 epochs, simultaneous updates, batch-normed D: 497+).
         return TrainConfig(model="dcgan", width=0.25, epochs=40, batch_size=64, lr=2e-4, optimizer="adamw",
                            momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2)
 
