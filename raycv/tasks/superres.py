@@ -151,7 +151,7 @@ class SuperresTask:
     def default_config(self) -> TrainConfig:
         # Sized for two CPU cores and fifteen minutes. fp32: bf16's 8-bit mantissa is as coarse as
         # the 8-bit pixels whose last decibel the network is there to win.
-        return TrainConfig(model="residual", width=0.75, epochs=16, batch_size=32, lr=2e-3, optimizer="adamw",
+        return TrainConfig(model="residual", width=1.0, epochs=16, batch_size=32, lr=2e-3, optimizer="adamw",
                            weight_decay=0.0, amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
