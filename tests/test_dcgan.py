@@ -16,6 +16,7 @@ from conftest import free_port, png_bytes, served
 
 from raycv.cli import main
 from raycv.data import procedural
+from raycv.data.images import to_model_input
 from raycv.data.synth import synthesize
 from raycv.models.dcgan import DCGAN, NOISE_DIM
 from raycv.tasks import get_task
@@ -28,7 +29,7 @@ def shapes(count: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     images = [procedural.render_shape_image(rng, int(rng.integers(len(procedural.SHAPE_CLASSES))), 64)
               for _ in range(count)]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return to_model_input(torch.from_numpy(np.stack(images)))
 
 
 def changed_players(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor) -> tuple[str, set[str]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
 from torch.nn.utils.parametrizations import spectral_norm
 
 from raycv.models.autoencoder import frozen_call
