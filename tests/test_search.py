@@ -180,6 +180,11 @@ def test_head_option_and_softmax_baseline_builds():
     assert torch.allclose(model.eval()(images).norm(dim=1), torch.ones(4), atol=1e-5)
     with pytest.raises(RaycvError, match="invalid head='arcface'"):
         TASK.build_model(cfg.replace(extra={**cfg.extra, "head": "arcface"}), TASK.dataset_meta(PARAMS))
+    with pytest.raises(RaycvError, match="invalid pooled_size=0"):
+        TASK.build_model(cfg.replace(extra={**cfg.extra, "pooled_size": 0}), TASK.dataset_meta(PARAMS))
+    # the book's single global average still builds, and a grid reads any image size
+    book = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "pooled_size": 1}), TASK.dataset_meta(PARAMS))
+    assert book.eval()(images).shape == (4, 512) and model(torch.rand(2, 3, 48, 48)).shape == (2, 512)
 
 
 # -- tools and serving ------------------------------------------------------------------------------

@@ -198,10 +198,14 @@ def render_street_number(rng: np.random.Generator, text: str, height: int = 48) 
     return image, boxes
 
 
+def scaled_width(size: tuple[int, int], height: int, max_width: int) -> int:
+    """The width of a (height, width) line once scaled to `height` keeping its aspect ratio, capped at `max_width`."""
+    return max(1, min(max_width, int(round(size[1] * height / size[0]))))
+
+
 def resize_to_height(image: np.ndarray, height: int, max_width: int) -> np.ndarray:
     """Scale a text line to `height` keeping its aspect ratio (capped at `max_width`)."""
-    width = int(round(image.shape[1] * height / image.shape[0]))
-    width = max(1, min(max_width, width))
+    width = scaled_width(image.shape[:2], height, max_width)
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))

@@ -35,9 +35,14 @@ class VGG(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet with torchvision's BasicBlock and a CIFAR stem (3x3 conv, stride 1, no max-pool)."""
+    """ResNet with torchvision's BasicBlock and a CIFAR stem (3x3 conv, stride 1, no max-pool).
 
-    def __init__(self, blocks=(2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
+    `pooled_size` > 1 pools the last feature map to a grid of that many cells a side instead of one
+    average, so the linear head sees where each feature sits (face-embedding nets such as ArcFace's
+    flatten their last map into the embedding layer for this reason)."""
+
+    def __init__(self, blocks=(2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                 pooled_size: int = 1):
         super().__init__()
         widths = [max(8, int(w * width)) for w in (64, 128, 256, 512)]
         self.stem = nn.Sequential(
@@ -60,8 +65,8 @@ class CifarResNet(nn.Module):
                 channels = out
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(pooled_size)
+        self.fc = nn.Linear(channels * pooled_size**2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))

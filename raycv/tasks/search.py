@@ -52,6 +52,8 @@ from raycv.tasks.classify import MEAN, STD, resize_all
 TRAIN_OPTIONS = {
     "head": ("cosface", f"training head: {' or '.join(HEADS)} (the baseline)"),
     "embedding_dim": (512, "embedding size (the book's 512)"),
+    "pooled_size": (4, "the last feature map is pooled to a grid this many cells a side before the embedding "
+                       "layer (1: one global average, as the book)"),
     "cosface_scale": (COSFACE_SCALE, "CosFace scale s"),
     "cosface_margin": (COSFACE_MARGIN, "CosFace margin m"),
 }
@@ -475,10 +477,13 @@ class SearchTask:
         dim = options["embedding_dim"]
         if not isinstance(dim, int) or dim < 2:
             raise RaycvError(f"invalid embedding_dim={dim!r}: expected an integer >= 2")
+        if not isinstance(options["pooled_size"], int) or options["pooled_size"] < 1:
+            raise RaycvError(f"invalid pooled_size={options['pooled_size']!r}: expected an integer >= 1")
         if options["cosface_scale"] <= 0 or not 0 <= options["cosface_margin"] < 1:
             raise RaycvError(f"invalid CosFace s={options['cosface_scale']}, m={options['cosface_margin']}: "
                              "expected s > 0 and 0 <= m < 1")
-        backbone = nn.Sequential(CifarResNet(num_classes=dim, width=cfg.width), nn.BatchNorm1d(dim))
+        backbone = nn.Sequential(CifarResNet(num_classes=dim, width=cfg.width, pooled_size=options["pooled_size"]),
+                                 nn.BatchNorm1d(dim))
         head = build_head(options["head"], dim, int(meta["train_identities"]), options["cosface_scale"],
                           options["cosface_margin"])
         return Normalized(EmbeddingNet(backbone, head), MEAN, STD)
