@@ -33,11 +33,11 @@ class CRNN(nn.Module):
     """Line image (N, 3, H, W) to CTC scores (N, W/4, num_classes + 1); class 0 is the blank.
 
     The scores are the recurrent layers' read-out plus a linear read-out of the conv columns
-    themselves. CTC training first sits on a plateau where every column says blank; the plain CRNN
-    left it late (variable captchas: no progress after 625 steps; street lines: 4 of 10 epochs
-    lost), because the conv stack only learns through two recurrent layers that have not learnt
-    anything yet. The shortcut gives it a direct path: in-process on variable captchas the CRNN
-    with it left the plateau after ~400 steps, without it not within 625."""
+    themselves, so the conv stack learns from the first step instead of only through two recurrent
+    layers that have not learnt anything yet. CTC training first sits on a plateau where every
+    column says blank; in-process on variable captchas (with CTC still scoring the padding columns,
+    see raycv/tasks/textrec.py) the CRNN with the shortcut left it after ~400 steps, without it not
+    within 625."""
 
     def __init__(self, num_classes: int, width: float = 1.0, hidden: int | None = None, rnn: str = "lstm"):
         super().__init__()

@@ -165,8 +165,8 @@ class TextRecognitionTask:
     model_names = tuple(MODELS)
 
     def default_config(self) -> TrainConfig:
-        # One worker with both cores: twice the optimizer steps per epoch of two one-core workers, and
-        # CTC's early plateau is left after a number of steps, not of images.
+        # One worker with both cores: twice the optimizer steps per epoch of two one-core workers and no
+        # gradient exchange. 8 epochs of ~95 s fit 15 minutes on 2 CPU cores.
         return TrainConfig(model="crnn_lstm", width=0.25, epochs=8, batch_size=64, optimizer="adamw", lr=2e-3,
                            weight_decay=0.01, cpus_per_worker=2)
 
