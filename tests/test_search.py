@@ -186,6 +186,15 @@ def test_head_option_and_softmax_baseline_builds():
     # the book's single global average still builds, and a grid reads any image size
     book = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "pooled_size": 1}), TASK.dataset_meta(PARAMS))
     assert book.eval()(images).shape == (4, 512) and model(torch.rand(2, 3, 48, 48)).shape == (2, 512)
+    # embedding dropout: random in training, off in evaluation, and no weights of its own
+    with pytest.raises(RaycvError, match="invalid embedding_dropout=1.0"):
+        TASK.build_model(cfg.replace(extra={**cfg.extra, "embedding_dropout": 1.0}), TASK.dataset_meta(PARAMS))
+    dropped = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "embedding_dropout": 0.5}),
+                               TASK.dataset_meta(PARAMS))
+    dropped.load_state_dict(model.state_dict())
+    assert torch.equal(dropped.eval()(images), model(images))
+    torch.manual_seed(0)
+    assert not torch.allclose(dropped.train()(images), dropped(images))
 
 
 # -- tools and serving ------------------------------------------------------------------------------

@@ -39,10 +39,11 @@ class CifarResNet(nn.Module):
 
     `pooled_size` > 1 pools the last feature map to a grid of that many cells a side instead of one
     average, so the linear head sees where each feature sits (face-embedding nets such as ArcFace's
-    flatten their last map into the embedding layer for this reason)."""
+    flatten their last map into the embedding layer for this reason). `dropout` drops pooled features
+    before that layer (ArcFace's output block), a regulariser for embeddings of identities never seen."""
 
     def __init__(self, blocks=(2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-                 pooled_size: int = 1):
+                 pooled_size: int = 1, dropout: float = 0.0):
         super().__init__()
         widths = [max(8, int(w * width)) for w in (64, 128, 256, 512)]
         self.stem = nn.Sequential(
@@ -66,7 +67,8 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(pooled_size)
+        self.dropout = nn.Dropout(dropout)  # holds no weights: checkpoints load with any rate
         self.fc = nn.Linear(channels * pooled_size**2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+        return self.fc(self.dropout(torch.flatten(self.pool(self.stages(self.stem(x))), 1)))

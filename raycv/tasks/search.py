@@ -54,6 +54,7 @@ TRAIN_OPTIONS = {
     "embedding_dim": (512, "embedding size (the book's 512)"),
     "pooled_size": (4, "the last feature map is pooled to a grid this many cells a side before the embedding "
                        "layer (1: one global average, as the book)"),
+    "embedding_dropout": (0.0, "dropout rate on the pooled features before the embedding layer"),
     "cosface_scale": (COSFACE_SCALE, "CosFace scale s"),
     "cosface_margin": (COSFACE_MARGIN, "CosFace margin m"),
 }
@@ -480,11 +481,13 @@ class SearchTask:
             raise RaycvError(f"invalid embedding_dim={dim!r}: expected an integer >= 2")
         if not isinstance(options["pooled_size"], int) or options["pooled_size"] < 1:
             raise RaycvError(f"invalid pooled_size={options['pooled_size']!r}: expected an integer >= 1")
+        if not 0 <= options["embedding_dropout"] < 1:
+            raise RaycvError(f"invalid embedding_dropout={options['embedding_dropout']!r}: expected a rate in [0, 1)")
         if options["cosface_scale"] <= 0 or not 0 <= options["cosface_margin"] < 1:
             raise RaycvError(f"invalid CosFace s={options['cosface_scale']}, m={options['cosface_margin']}: "
                              "expected s > 0 and 0 <= m < 1")
-        backbone = nn.Sequential(CifarResNet(num_classes=dim, width=cfg.width, pooled_size=options["pooled_size"]),
-                                 nn.BatchNorm1d(dim))
+        backbone = nn.Sequential(CifarResNet(num_classes=dim, width=cfg.width, pooled_size=options["pooled_size"],
+                                             dropout=options["embedding_dropout"]), nn.BatchNorm1d(dim))
         head = build_head(options["head"], dim, int(meta["train_identities"]), options["cosface_scale"],
                           options["cosface_margin"])
         return Normalized(EmbeddingNet(backbone, head), MEAN, STD)
