@@ -75,6 +75,9 @@ def add_compress_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"{field.metadata.get('help', '')} (default: {shown})")
 
 
+DEFAULT_SYNTH_SIZES = {"train": 20_000, "val": 2_000}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raycv", description="Classic computer vision on Ray.")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
@@ -84,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
         synth = verbs.add_parser("synth", help="synthesize a dataset with Ray Data (Parquet + manifest)")
         synth.add_argument("--out", required=True, help="output folder or URI (s3://...)")
-        synth.add_argument("--train-size", type=int, default=20_000)
-        synth.add_argument("--val-size", type=int, default=2_000)
+        sizes = {**DEFAULT_SYNTH_SIZES, **getattr(get_task(task_name), "synth_sizes", {})}
+        synth.add_argument("--train-size", type=int, default=sizes["train"],
+                           help=f"training samples (default: {sizes['train']})")
+        synth.add_argument("--val-size", type=int, default=sizes["val"],
+                           help=f"validation samples (default: {sizes['val']})")
         synth.add_argument("--seed", type=int, default=0)
         synth.add_argument("--workers", type=int, default=None, help="parallel synthesis tasks (default: all CPUs)")
         synth.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

@@ -75,3 +75,13 @@ def test_eval_and_predict_a_trained_checkpoint(ray_session, capsys, ddp_run, cla
     assert_one_line_error(code, err, "cannot read image", "notes.png")
     code, _, err = run_cli(capsys, "classify", "eval", "--checkpoint", str(tmp_path), "--data", classify_data)
     assert_one_line_error(code, err, "not a raycv checkpoint")
+
+
+def test_synth_sizes_default_to_what_each_task_was_measured_with():
+    from raycv.cli import build_parser
+
+    parser = build_parser()
+    sizes = {task: vars(parser.parse_args([task, "synth", "--out", "x"])) for task in ("captcha", "search", "classify")}
+    assert (sizes["captcha"]["train_size"], sizes["captcha"]["val_size"]) == (100_000, 2_000)
+    assert sizes["search"]["train_size"] == 30_000 and sizes["classify"]["train_size"] == 20_000
+    assert parser.parse_args(["captcha", "synth", "--out", "x", "--train-size", "5"]).train_size == 5

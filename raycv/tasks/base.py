@@ -33,6 +33,8 @@ getattr(task, ..., {}) and knows nothing else about:
 - `train_options = {"NAME": (default, help)}`: training options of this task alone. cli.py adds
   `--NAME` to `train` and `tune` (typed like the default) and stores a given value in
   `TrainConfig.extra[NAME]`; the task reads `cfg.extra.get(NAME, default)`. Example: `--head softmax`.
+- `synth_sizes = {"train": N, "val": N}`: the split sizes `raycv TASK synth` makes by default, those the
+  task's default config is sized and measured with (20,000 / 2,000 where a task gives none).
 - `split_params(split, params, seed) -> params`: the generator parameters for one split of a dataset
   synthesized with `seed` (search: training and validation splits get disjoint identities).
 - `ddp_options = {"find_unused_parameters": True}`: keyword arguments for DistributedDataParallel

@@ -180,6 +180,7 @@ class CompressAETask:
     metric = "psnr"
     metric_mode = "max"
     synth_defaults = {"image_size": 64, "images_dir": ""}
+    synth_sizes = {"train": 3000, "val": 200}
     model_names = tuple(MODELS)
     train_options = TRAIN_OPTIONS
     routes = {"reconstruct": (pixels.no_query("/v1/compress_ae/reconstruct"), pixels.png_response)}

@@ -102,6 +102,7 @@ class DCGANTask:
     metric = "swd"
     metric_mode = "min"
     synth_defaults = {"images_dir": ""}
+    synth_sizes = {"train": 6000, "val": 500}
     model_names = ("dcgan",)
     cli_verbs = {"samples": (add_samples_arguments, run_samples)}
     ddp_options = {"find_unused_parameters": True}  # the player sitting a step out has no gradient

@@ -207,6 +207,7 @@ def quiet_pycocotools():
 
 class DetectTask(SceneData):
     name = "detect"
+    synth_sizes = {"train": 8000, "val": 500}
     metric = "map50"
     metric_mode = "max"
     model_names = tuple(MODELS)

@@ -303,6 +303,7 @@ class InpaintTask:
     metric = "psnr_hole"
     metric_mode = "max"
     synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
+    synth_sizes = {"train": 3000, "val": 200}
     model_names = ("unet_resnet18",)
     image_mode = "RGBA"
     routes = {"fill": (pixels.no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}

@@ -258,6 +258,7 @@ def flip_images_and_masks(images: torch.Tensor, masks: torch.Tensor) -> tuple[to
 
 class SegmentTask(SceneData):
     name = "segment"
+    synth_sizes = {"train": 6000, "val": 500}
     metric = "foreground_iou"
     metric_mode = "max"
     model_names = tuple(MODELS)

@@ -143,6 +143,7 @@ class SuperresTask:
     metric = "psnr"
     metric_mode = "max"
     synth_defaults = {"crop_size": 64, "scale": 2, "images_dir": ""}
+    synth_sizes = {"train": 6000, "val": 300}
     model_names = tuple(MODELS)
     routes = {"upscale": (pixels.no_query("/v1/superres/upscale"), pixels.png_response)}
     cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
