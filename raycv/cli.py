@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raycv", description="Classic computer vision on Ray.")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for task_name in TASK_MODULES:
+        task = get_task(task_name)
         task_parser = tasks.add_parser(task_name, help=f"the {task_name} task")
         verbs = task_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
         synth = verbs.add_parser("synth", help="synthesize a dataset with Ray Data (Parquet + manifest)")
         synth.add_argument("--out", required=True, help="output folder or URI (s3://...)")
-        sizes = {**DEFAULT_SYNTH_SIZES, **getattr(get_task(task_name), "synth_sizes", {})}
+        sizes = {**DEFAULT_SYNTH_SIZES, **getattr(task, "synth_sizes", {})}
         synth.add_argument("--train-size", type=int, default=sizes["train"],
                            help=f"training samples (default: {sizes['train']})")
         synth.add_argument("--val-size", type=int, default=sizes["val"],
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       help=f"{field.metadata.get('help', '')} (default: {field.default})", **extra)
 
         # Verbs only this task has (Task.cli_verbs); argparse refuses one that repeats a common verb.
-        for verb, (add_arguments, run_verb) in getattr(get_task(task_name), "cli_verbs", {}).items():
+        for verb, (add_arguments, run_verb) in getattr(task, "cli_verbs", {}).items():
             add_arguments(verbs.add_parser(verb, help=(run_verb.__doc__ or verb).strip().splitlines()[0]))
     return parser
 
