@@ -15,6 +15,7 @@ from raycv.errors import RaycvError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+CHANNELS_LAST_MODES = ("auto", "on", "off")
 
 
 def option(default: Any, help: str) -> Any:
@@ -46,7 +47,8 @@ class TrainConfig:
     gpus_per_worker: float = option(1.0, "GPUs per worker with --gpu; fractions let small models share a GPU")
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (= torch threads on CPU)")
     amp: str = option("auto", "mixed precision: auto (bf16 or fp16+GradScaler on GPU, off on CPU), bf16, fp16, off")
-    channels_last: bool = option(True, "channels_last memory format (GPU only)")
+    channels_last: str = option("auto", "channels_last memory format: auto (on GPU; on CPU it pays for some "
+                                        "networks and costs others, so tasks opt in), on, off")
     compile: bool = option(False, "torch.compile the model")
     seed: int = option(0, "random seed (per worker: seed + rank)")
     cache_data: bool = option(True, "decode the dataset once into Ray's object store; off for data larger than memory")
@@ -74,6 +76,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}"),
             (self.amp in AMP_MODES, "amp", self.amp, f"one of {', '.join(AMP_MODES)}"),
+            (self.channels_last in CHANNELS_LAST_MODES, "channels_last", self.channels_last,
+             f"one of {', '.join(CHANNELS_LAST_MODES)}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1"),
             (self.max_failures >= -1, "max_failures", self.max_failures, "-1 (retry forever) or >= 0"),
             (0 <= self.sparsity < 1, "sparsity", self.sparsity, "a fraction in (0, 1), e.g. 0.7 (0 = dense)"),

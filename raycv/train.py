@@ -142,7 +142,7 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
 
 def build_on_device(task: Task, cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
     model = task.build_model(cfg, meta).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
         model = model.to(memory_format=torch.channels_last)
     return model
 

@@ -186,6 +186,13 @@ def test_head_option_and_softmax_baseline_builds():
     # the book's single global average still builds, and a grid reads any image size
     book = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "pooled_size": 1}), TASK.dataset_meta(PARAMS))
     assert book.eval()(images).shape == (4, 512) and model(torch.rand(2, 3, 48, 48)).shape == (2, 512)
+    # a stride-2 stem reads 64-px photos at the cost of 32-px ones: its stages see 32x32 maps
+    strided = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "stem_stride": 2}), TASK.dataset_meta(PARAMS))
+    stages_input = []
+    strided.net.backbone[0].stages.register_forward_pre_hook(lambda _, args: stages_input.append(args[0].shape))
+    assert strided.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 512) and stages_input[0][-2:] == (32, 32)
+    with pytest.raises(RaycvError, match="invalid stem_stride=3: expected 1 or 2"):
+        TASK.build_model(cfg.replace(extra={**cfg.extra, "stem_stride": 3}), TASK.dataset_meta(PARAMS))
     # embedding dropout: random in training, off in evaluation, and no weights of its own
     with pytest.raises(RaycvError, match="invalid embedding_dropout=1.0"):
         TASK.build_model(cfg.replace(extra={**cfg.extra, "embedding_dropout": 1.0}), TASK.dataset_meta(PARAMS))
