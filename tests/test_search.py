@@ -244,6 +244,25 @@ def test_gallery_verb_embeds_a_dataset_with_an_actor_pool(ray_session, tiny_chec
     assert len(index) == 96 and all(int(item.split("/")[0]) >= 24 for item in index.ids)
 
 
+def test_compare_heads_trains_both_heads_on_the_same_data_and_reports_both(ray_session, workdir, tmp_path, capsys):
+    from raycv.data.synth import synthesize
+
+    data = str(workdir / "search-heads-data")
+    synthesize(TASK, data, {"train": 192, "val": 48}, seed=0, params={**PARAMS, "image_size": 32})
+    code = main(["search", "compare-heads", "--data", data, "--storage", str(tmp_path), "--name", "duel",
+                 "--epochs", "1", "--width", "0.125", "--batch-size", "32", "--cpus-per-worker", "1",
+                 "--stem-stride", "1", "--embedding-dim", "64"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["cosface"], ["softmax"])}
+    assert set(rows) == {"cosface", "softmax"}, out
+    for head, cells in rows.items():
+        recall_at_1, recall_at_5 = float(cells[3]), float(cells[4])
+        assert 0 < recall_at_1 <= recall_at_5 <= 1, cells
+        best = checkpoint.read_meta(cells[-1])
+        assert cells[-1].startswith(str(tmp_path / "search" / f"duel-{head}")) and best["config"]["extra"]["head"] == head
+
+
 @pytest.fixture(scope="module")
 def search_server(ray_session, tiny_checkpoint, tmp_path_factory):
     from ray import serve
