@@ -431,8 +431,9 @@ class SearchTask:
         # channels_last, which is 1.2x faster for this network on CPU) fit 15 minutes on 2 CPU cores:
         # recall@1 0.962-0.964 on val, 0.9605-0.9695 on three held-out sets (two runs). At 32 px
         # (stride 1), where an eye or a mole is 1-3 pixels, the same time bought 0.943-0.957. More
-        # photos of each identity beat more passes. CosFace's margin makes it slow to fit: with one global average before the
-        # embedding layer its recall@1 was 0.860 after 8 epochs over 20,000 32-px photos (softmax 0.866).
+        # photos of each identity beat more passes. CosFace's margin makes it slow to fit: with one
+        # global average before the embedding layer its recall@1 was 0.860 after 8 epochs over 20,000
+        # 32-px photos (softmax 0.866).
         return TrainConfig(model="resnet18", width=0.25, epochs=8, batch_size=128, lr=3e-3, optimizer="adamw",
                            weight_decay=5e-4, cpus_per_worker=2, channels_last="on",
                            extra={name: default for name, (default, _) in TRAIN_OPTIONS.items()})
