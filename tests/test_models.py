@@ -1,8 +1,11 @@
+import pytest
 import torch
 
 from raycv.config import TrainConfig
+from raycv.errors import RaycvError
 from raycv.models.common import count_parameters
 from raycv.tasks import get_task
+from raycv.train import build_on_device
 
 META = {"classes": [str(i) for i in range(10)], "image_size": [32, 32]}
 
@@ -21,11 +24,6 @@ def test_models_map_32px_images_to_class_logits():
 
 
 def test_channels_last_is_on_gpu_only_unless_a_task_opts_in_on_cpu():
-    import pytest
-
-    from raycv.errors import RaycvError
-    from raycv.train import build_on_device
-
     task, cpu = get_task("classify"), torch.device("cpu")
     cfg = TrainConfig(model="resnet18", width=0.25)
     first_conv = lambda model: next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight  # noqa: E731
