@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as pads
 import ray.data
 
 from raycv import storage
@@ -43,7 +44,10 @@ def coco_document(rows: list[dict[str, Any]], classes: list[str], image_size: li
 
 def write_split_annotations(dataset_dir: str, split: str, meta: dict[str, Any]) -> str:
     """Write DATASET/annotations/SPLIT.json for a split already written as Parquet; returns its path."""
-    rows = ray.data.read_parquet(storage.join(dataset_dir, split), columns=["id", "annotations"]).take_all()
+    # Read in the driver with pyarrow: the document is assembled here anyway, and a Ray Data read of two
+    # small columns cost 2 s of job start-up per 800 scenes, a serial step after the parallel synthesis.
+    filesystem, folder = storage.resolve(storage.join(dataset_dir, split))
+    rows = pads.dataset(folder, filesystem=filesystem, format="parquet").to_table(columns=["id", "annotations"]).to_pylist()
     path = storage.join(dataset_dir, "annotations", f"{split}.json")
     storage.write_json(path, coco_document(sorted(rows, key=lambda row: row["id"]), meta["classes"], meta["image_size"]))
     return path
