@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         synth.add_argument("--val-size", type=int, default=sizes["val"],
                            help=f"validation samples (default: {sizes['val']})")
         synth.add_argument("--seed", type=int, default=0)
-        synth.add_argument("--workers", type=int, default=None, help="parallel synthesis tasks (default: all CPUs)")
+        synth.add_argument("--workers", type=int, default=None,
+                           help="CPUs the synthesis may use, one task per CPU (default: all of the cluster's)")
         synth.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                            help="generator parameter (repeatable)")
         synth.add_argument("--overwrite", action="store_true")
