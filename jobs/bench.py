@@ -4,7 +4,8 @@ Sections:
   synth   composited 300x300 detection scenes (the book's size) per second through the Ray Data
           synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU, alternated
           over 3 rounds: median scenes/s per core and the parallel efficiency rate(N) / (N * rate(1)),
-          beside the efficiency of the same scene work in plain processes (the machine's own ceiling).
+          beside the efficiency of the same scene work in plain processes, one BLAS thread each as Ray
+          gives a 1-CPU task (the machine's own ceiling).
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
           PyTorch loop with the same model, batch, precision, device and training step, in one run;
           then the same loop on 2 DDP workers sharing the same CPUs (or one GPU each), against 1 worker.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -249,17 +251,24 @@ def bench_synth(args, workdir: str) -> list[dict]:
     params = {"image_size": 300, "min_objects": 1, "max_objects": 3}
     synthesize(task, str(Path(workdir) / "synth-warmup"), {"train": 64}, params=params)  # start worker processes
     # The machine's own ceiling: the same per-block work in plain processes, with no Ray and no Parquet.
-    # On a VM whose cores share caches or a host, this is what parallel efficiency can reach at best.
+    # Each gets one BLAS/OpenMP thread, as Ray gives a 1-CPU task: with the default two, OpenBLAS threads
+    # spinning beside the other process held 2 plain processes on 2 cores to 0.75.
     synthesize_block = functools.partial(_synthesize_batch, task_name=task.name, seed=0, split="train",
                                          params={**task.synth_defaults, **params})
     blocks = [{"id": ids} for ids in np.array_split(np.arange(count), 4 * cpus)]
     pools = {workers: ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
              for workers in sorted({1, cpus})}
+    driver_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # spawned processes start with the environment of their first map
     rates: dict[str, dict[int, list[float]]] = {"ray": {workers: [] for workers in pools},
                                                 "plain": {workers: [] for workers in pools}}
     try:
         for workers, pool in pools.items():
             list(pool.map(synthesize_block, blocks[:workers]))  # start and import
+        if driver_threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = driver_threads
         for round_index in range(rounds):
             for workers, pool in pools.items():
                 started = time.perf_counter()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from typing import Any, Iterator
 
 import torch
@@ -22,6 +23,7 @@ from raycv import storage
 from raycv.config import TrainConfig
 from raycv.errors import RaycvError
 from raycv.tasks import Task, get_task
+from raycv.tasks.base import with_task_options
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
@@ -41,6 +43,24 @@ def save(folder: str, model: nn.Module, meta: dict[str, Any], train_state: dict[
 def read_meta(folder: str) -> dict[str, Any]:
     with open(os.path.join(folder, META_FILE)) as file:
         return json.load(file)
+
+
+def stored_config(meta: dict[str, Any], path: str) -> TrainConfig:
+    """The config a checkpoint was trained with. An option added after the checkpoint was written takes
+    today's default, which may build another network than the one its weights came from (a search model
+    from before `stem_stride` loads its weights into a stride-2 stem without an error), so say which."""
+    stored = meta["config"]
+    today = with_task_options(get_task(meta["task"]), TrainConfig())
+    missing = sorted({field.name for field in fields(TrainConfig)} - set(stored)
+                     | set(today.extra) - set(stored.get("extra", {})))
+    if missing:
+        defaults = ", ".join(f"{name}={today.extra[name] if name in today.extra else getattr(today, name)!r}"
+                             for name in missing)
+        warnings.warn(f"checkpoint {path} records no {', '.join(missing)}: it was written before "
+                      f"{'that option' if len(missing) == 1 else 'those options'} existed, and loads with "
+                      f"today's {defaults}; if it was trained otherwise, rebuild it with those values",
+                      stacklevel=3)
+    return TrainConfig.from_dict(stored)
 
 
 def load_weights(path: str) -> dict[str, Any]:
@@ -88,7 +108,7 @@ def load_model(path: str, task_name: str | None = None, device: str | torch.devi
         if task_name is not None and meta["task"] != task_name:
             raise RaycvError(f"checkpoint {path} belongs to task {meta['task']!r}, not {task_name!r}")
         task = get_task(meta["task"])
-        config = TrainConfig.from_dict(meta["config"])
+        config = stored_config(meta, path)
         model = task.build_model(config, meta["dataset"])
         model.load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu"))
     return LoadedModel(task, model.to(device).eval(), config, meta, storage.absolute(path))

@@ -384,7 +384,7 @@ def load_pruned(folder: str) -> nn.Module:
     from raycv.tasks import get_task
 
     meta = checkpoint.read_meta(folder)
-    model = get_task(meta["task"]).build_model(TrainConfig.from_dict(meta["config"]), meta["dataset"])
+    model = get_task(meta["task"]).build_model(checkpoint.stored_config(meta, folder), meta["dataset"])
     saved = torch.load(os.path.join(folder, PRUNED_FILE), weights_only=True, map_location="cpu")
     for name, module in model.named_modules():
         for key, value in saved["attributes"].get(name, {}).items():

@@ -30,6 +30,7 @@ from raycv.report import write_run_report
 from raycv.runtime import interactive
 from raycv.sparsity import apply_global_sparsity, measured_sparsity, restore_masks
 from raycv.tasks import Task, get_task
+from raycv.tasks.base import with_task_options
 
 FAULT_MARKER = ".fault_injected"
 BEST_CHECKPOINT = "best"
@@ -77,7 +78,7 @@ def build_trainer(task: Task, cfg: TrainConfig, datasets: dict[str, ray.data.Dat
                   storage_path: str | None = None, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer running `train_loop` on prepared datasets; the run lands in storage_path/cfg.name
     (default: STORAGE/TASK/NAME)."""
-    cfg.validate()
+    cfg = with_task_options(task, cfg.validate())
     task.build_model(cfg, meta)  # fail here, in the driver, on a bad model name or option
     rows_per_worker = datasets["train"].count() // cfg.workers
     steps_per_epoch = rows_per_worker // cfg.batch_size

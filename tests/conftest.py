@@ -74,10 +74,11 @@ def saved_checkpoint(task, cfg, meta: dict, folder: str, model=None) -> str:
     """A raycv checkpoint folder written in-process (no Ray Train fit): for tests of the verbs, the
     predict path and Serve, which need a checkpoint but not a trained one."""
     from raycv import checkpoint
+    from raycv.tasks.base import with_task_options
 
     model = model if model is not None else task.build_model(cfg, meta)
-    checkpoint.save(folder, model, {"task": task.name, "config": cfg.to_dict(), "dataset": meta, "epoch": 0,
-                                    "history": []})
+    checkpoint.save(folder, model, {"task": task.name, "config": with_task_options(task, cfg).to_dict(),
+                                    "dataset": meta, "epoch": 0, "history": []})
     return folder
 
 

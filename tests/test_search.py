@@ -18,6 +18,7 @@ from raycv.data.synth import sample_generator
 from raycv.errors import RaycvError
 from raycv.index import EmbeddingIndex, faiss_module
 from raycv.tasks import get_task
+from raycv.tasks.base import with_task_options
 from raycv.tasks.search import Gallery, retrieval_metrics
 from conftest import train_steps
 
@@ -210,10 +211,27 @@ def test_head_option_and_softmax_baseline_builds():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search-run") / "best"
-    meta = {"task": "search", "config": tiny_model["cfg"].to_dict(), "dataset": tiny_model["meta"], "epoch": 1,
-            "history": []}
+    meta = {"task": "search", "config": with_task_options(TASK, tiny_model["cfg"]).to_dict(),
+            "dataset": tiny_model["meta"], "epoch": 1, "history": []}
     checkpoint.save(str(folder), tiny_model["model"], meta)
     return str(folder)
+
+
+def test_a_checkpoint_from_before_an_option_existed_warns_which_default_it_gets(tiny_model, tmp_path):
+    stored = with_task_options(TASK, tiny_model["cfg"]).to_dict()
+    assert stored["extra"]["stem_stride"] == 2  # a run records every task option, defaults included
+    del stored["extra"]["stem_stride"], stored["channels_last"]  # as written before those options existed
+    checkpoint.save(str(tmp_path / "old"), tiny_model["model"],
+                    {"task": "search", "config": stored, "dataset": tiny_model["meta"], "epoch": 1, "history": []})
+    with pytest.warns(UserWarning, match=r"records no channels_last, stem_stride: .* today's "
+                                         r"channels_last='auto', stem_stride=2"):
+        loaded = checkpoint.load_model(str(tmp_path / "old"), "search")
+    assert loaded.config.extra.get("stem_stride") is None  # nothing invented: the task's default applies
+
+
+def test_a_complete_checkpoint_loads_without_a_warning(tiny_checkpoint, recwarn):
+    checkpoint.load_model(tiny_checkpoint, "search")
+    assert not [w for w in recwarn if "records no" in str(w.message)]
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,13 @@ class StateRoute:
     images: bool = True  # the request carries images, run through the model before respond
 
 
+def with_task_options(task: "Task", cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with every one of the task's train_options in `extra`, defaults filled in: what a run records,
+    so its checkpoints still say how they were built after a default changes."""
+    defaults = {name: default for name, (default, _) in getattr(task, "train_options", {}).items()}
+    return cfg.replace(extra={**defaults, **cfg.extra})
+
+
 class Task(Protocol):
     name: str
     metric: str  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
