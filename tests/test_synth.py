@@ -1,5 +1,8 @@
+import time
+
 import numpy as np
 import pytest
+import ray
 
 from raycv import storage
 from raycv.data.synth import MANIFEST, open_dataset, synthesize
@@ -13,9 +16,25 @@ def rows_by_id(path):
     return rows
 
 
+def synthesis_task_spans(since: float) -> list[tuple[float, float]]:
+    """(start, end) in seconds of the Ray Data tasks that ran since `since` (time.time())."""
+    events = ray.timeline()
+    return sorted((event["ts"] / 1e6, (event["ts"] + event["dur"]) / 1e6) for event in events
+                  if event.get("ph") == "X" and event["name"].endswith("_map_task") and event["ts"] / 1e6 >= since)
+
+
 def test_same_seed_same_bytes_with_one_or_two_workers(ray_session, tmp_path):
     task = get_task("classify")
+    started = time.time()
     one = synthesize(task, str(tmp_path / "one"), {"train": 300}, seed=3, workers=1, batch_size=64)
+    # One fused read -> synthesize -> write task per Parquet file, never two at once with workers=1. Task
+    # events reach the timeline about a second after the task ends.
+    files = len(list((tmp_path / "one" / "train").glob("*.parquet")))
+    deadline = time.time() + 15
+    while len(spans := synthesis_task_spans(started)) < files and time.time() < deadline:
+        time.sleep(0.5)
+    assert files >= 4 and len(spans) == files
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
     two = synthesize(task, str(tmp_path / "two"), {"train": 300}, seed=3, workers=2, batch_size=32)
     assert one["splits"] == two["splits"] == {"train": 300}
     a, b = rows_by_id(str(tmp_path / "one")), rows_by_id(str(tmp_path / "two"))
