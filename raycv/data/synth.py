@@ -43,7 +43,7 @@ def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, s
 
 
 def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, params: dict[str, Any] | None = None,
-               workers: int | None = None, batch_size: int = 256, overwrite: bool = False) -> dict[str, Any]:
+               workers: int | None = None, batch_size: int = 512, overwrite: bool = False) -> dict[str, Any]:
     """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest.
     Splits of size 0 are left out (a held-out test set is `{"train": 0, "val": 1000}` with another seed)."""
     params = {**task.synth_defaults, **(params or {})}
@@ -72,6 +72,8 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
         for split, count in splits.items():
             # A few blocks per parallel task keeps every core busy to the end, and no block holds more than
             # `batch_size` samples in memory; contents do not depend on the block layout (per-sample seeds).
+            # Blocks are large because Ray Data leaves each worker idle for ~0.15 s between two tasks: 512
+            # rather than 256 scenes per block lifted 2 workers on 2 cores from 0.88 to 0.90 of twice one.
             parallelism = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             blocks = max(1, min(count, -(-count // 16), max(4 * parallelism, -(-count // batch_size))))
             dataset = ray.data.range(count, override_num_blocks=blocks).map_batches(
