@@ -2,8 +2,9 @@
 
 Sections:
   synth   composited 300x300 detection scenes (the book's size) per second through the Ray Data
-          synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU, alternated
-          over 3 rounds: median scenes/s per core and the parallel efficiency rate(N) / (N * rate(1)),
+          synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU, each worker
+          making the same number of scenes (weak scaling), alternated over 3 rounds: median scenes/s per
+          core and the parallel efficiency rate(N) / (N * rate(1)),
           beside the efficiency of the same scene work in plain processes, one BLAS thread each as Ray
           gives a 1-CPU task (the machine's own ceiling).
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
@@ -245,9 +246,13 @@ def bench_synth(args, workdir: str) -> list[dict]:
     from raycv.tasks import get_task
 
     task = get_task("detect")
-    count = 800 if args.quick else 5_000
+    # Weak scaling: every worker gets the same number of scenes, so each run lasts about as long on 2 cores
+    # as on 64. A fixed total would leave a many-core run a few seconds long, mostly Ray Data's fixed
+    # start-up (about 1 s per execution), and measure that instead of synthesis.
+    scenes_per_worker = 400 if args.quick else 2_500
     rounds = 3  # 1 worker and all workers alternate: a shared VM drifts by 10-20 % over minutes
     cpus = int(ray.cluster_resources().get("CPU", 1))
+    worker_counts = sorted({1, cpus})
     params = {"image_size": 300, "min_objects": 1, "max_objects": 3}
     synthesize(task, str(Path(workdir) / "synth-warmup"), {"train": 64}, params=params)  # start worker processes
     # The machine's own ceiling: the same per-block work in plain processes, with no Ray and no Parquet.
@@ -255,28 +260,30 @@ def bench_synth(args, workdir: str) -> list[dict]:
     # spinning beside the other process held 2 plain processes on 2 cores to 0.75.
     synthesize_block = functools.partial(_synthesize_batch, task_name=task.name, seed=0, split="train",
                                          params={**task.synth_defaults, **params})
-    blocks = [{"id": ids} for ids in np.array_split(np.arange(count), 4 * cpus)]
+    blocks = {workers: [{"id": ids} for ids in np.array_split(np.arange(workers * scenes_per_worker), 4 * workers)]
+              for workers in worker_counts}
     pools = {workers: ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-             for workers in sorted({1, cpus})}
+             for workers in worker_counts}
     driver_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # spawned processes start with the environment of their first map
     rates: dict[str, dict[int, list[float]]] = {"ray": {workers: [] for workers in pools},
                                                 "plain": {workers: [] for workers in pools}}
     try:
         for workers, pool in pools.items():
-            list(pool.map(synthesize_block, blocks[:workers]))  # start and import
+            list(pool.map(synthesize_block, blocks[workers][:workers]))  # start and import
         if driver_threads is None:
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = driver_threads
         for round_index in range(rounds):
             for workers, pool in pools.items():
+                count = workers * scenes_per_worker
                 started = time.perf_counter()
                 synthesize(task, str(Path(workdir) / f"synth-{workers}-{round_index}"), {"train": count},
                            params=params, workers=workers)
                 rates["ray"][workers].append(count / (time.perf_counter() - started))
                 started = time.perf_counter()
-                list(pool.map(synthesize_block, blocks))
+                list(pool.map(synthesize_block, blocks[workers]))
                 rates["plain"][workers].append(count / (time.perf_counter() - started))
     finally:
         for pool in pools.values():
@@ -288,8 +295,8 @@ def bench_synth(args, workdir: str) -> list[dict]:
     rows = []
     for workers in pools:
         rate = statistics.median(rates["ray"][workers])
-        rows.append({"workers": workers, "scenes": count, "rounds": rounds, "scenes_per_s": round(rate, 1),
-                     "scenes_per_s_per_core": round(rate / workers, 1),
+        rows.append({"workers": workers, "scenes": workers * scenes_per_worker, "rounds": rounds,
+                     "scenes_per_s": round(rate, 1), "scenes_per_s_per_core": round(rate / workers, 1),
                      "parallel_efficiency": round(efficiency("ray", workers), 3),
                      # Each round against the 1-worker run next to it: the spread the drift leaves.
                      "efficiency_per_round": [round(r / (workers * r1), 3)

@@ -14,6 +14,7 @@ def interactive() -> bool:
 def init_ray(**kwargs) -> None:
     """Join the cluster at RAY_ADDRESS (as under `ray job submit`) or start a local Ray, quietly."""
     import ray
+    import ray.data  # configures its loggers on first import, which would undo the level set below
 
     if ray.is_initialized():
         return

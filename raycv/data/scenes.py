@@ -178,14 +178,16 @@ def cutout_object(rng: np.random.Generator, sprite: np.ndarray, size: int, exten
 
 
 def box_window(mask: np.ndarray) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(mask)
-    return slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
+    """Rows and columns of a non-empty boolean mask's bounding box."""
+    # Projections rather than np.nonzero: listing every pixel's coordinates was 9 % of a scene's cost.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def mask_box(mask: np.ndarray) -> list[float]:
     """COCO [x, y, width, height] of a boolean mask: pixel (i, j) spans [j, j + 1) x [i, i + 1)."""
-    rows, cols = np.nonzero(mask)
-    return [float(cols.min()), float(rows.min()), float(cols.max() + 1 - cols.min()), float(rows.max() + 1 - rows.min())]
+    rows, cols = box_window(mask)
+    return [float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)]
 
 
 def boxes_overlap(a: list[float], b: list[float]) -> bool:
