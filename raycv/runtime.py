@@ -14,11 +14,13 @@ def interactive() -> bool:
 def init_ray(**kwargs) -> None:
     """Join the cluster at RAY_ADDRESS (as under `ray job submit`) or start a local Ray, quietly."""
     import ray
-    import ray.data  # configures its loggers on first import, which would undo the level set below
 
     if ray.is_initialized():
         return
     ray.init(logging_level=logging.WARNING, **kwargs)
     if not interactive():
-        # Without a terminal, Ray Data logs every dataset's progress table at INFO level.
+        # Without a terminal, Ray Data logs every dataset's progress table at INFO level. Imported first:
+        # ray.data configures its loggers on first import, which would undo the level set here.
+        import ray.data  # noqa: F401
+
         logging.getLogger("ray.data").setLevel(logging.WARNING)
