@@ -56,7 +56,7 @@ class TrainConfig:
     storage: str = option("runs", "where runs go: a folder or a URI (s3://, gs://); runs land in STORAGE/TASK/NAME")
     name: str = option("", "run name (default train, train2, ...); an existing name resumes that run")
     keep_checkpoints: int = option(2, "best checkpoints kept by the validation metric (the latest is kept too)")
-    verbose: bool = option(False, "show Ray Train's own INFO logs")
+    verbose: bool = option(False, "show the INFO logs of Ray Train and Ray Data")
     max_failures: int = option(0, "worker-group restarts after a failure (-1: forever)")
     fail_at_epoch: int = option(0, "fault injection for tests: the first attempt crashes at this epoch")
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific options

@@ -69,8 +69,10 @@ def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str,
     if cfg.cache_data:
         decoded = {name: dataset.materialize() for name, dataset in decoded.items()}
     for dataset in decoded.values():
-        # Per-epoch ingest bars from every worker would drown the epoch lines; rank 0 shows its own.
+        # Per-epoch ingest bars from every worker would drown the epoch lines; rank 0 shows its own. For the
+        # same reason Ray Data's two "Starting execution" lines per dataset and epoch show only with --verbose.
         dataset.context.enable_progress_bars = False
+        dataset.context.print_on_execution_start = cfg.verbose
     return decoded, meta
 
 
@@ -206,9 +208,18 @@ def maybe_inject_fault(cfg: TrainConfig, epoch: int, run_dir: str) -> None:
         raise RuntimeError(f"raycv: injected fault at the start of epoch {epoch} (--fail-at-epoch {epoch})")
 
 
+def quiet_report_logs(verbose: bool) -> None:
+    """Ray Train 2.60 logs every report (all metrics and the checkpoint path, repeating the epoch line) through a
+    logger named after its source file, outside `ray.train`, so RunConfig's logging_config misses it."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     task = get_task(config["task"])
     cfg = TrainConfig.from_dict(config["config"])
+    quiet_report_logs(cfg.verbose)
     dataset_meta, steps_per_epoch, run_dir = config["dataset"], config["steps_per_epoch"], config["run_dir"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
