@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import sys
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def keep_array_memory_in_heap() -> None:
+    """Serve allocations of up to 32 MB from the heap and keep up to 64 MB of freed heap, once per process.
+
+    Image work allocates and frees multi-megabyte numpy temporaries per sample. Under glibc's adaptive defaults
+    a fresh process returns them to the kernel and page-faults them back in: a synthesis worker's first 500
+    detect scenes took 11.6 s, against 9.9 s once its heap had grown and 9.1 s with these settings from the
+    start. Both must be set: a fixed trim threshold alone turns the adaptive mmap threshold off, so every
+    temporary is mmapped (17 s). A no-op where the C library has no mallopt (macOS)."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def interactive() -> bool:

@@ -21,6 +21,7 @@ import ray.data
 import raycv
 from raycv import storage
 from raycv.errors import RaycvError
+from raycv.runtime import keep_array_memory_in_heap
 from raycv.tasks import Task, get_task
 
 MANIFEST = "manifest.json"
@@ -33,6 +34,7 @@ def sample_generator(seed: int, split: str, sample_id: int) -> np.random.Generat
 
 def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, split: str,
                       params: dict[str, Any]) -> dict[str, np.ndarray]:
+    keep_array_memory_in_heap()
     task = get_task(task_name)
     rows = [
         {"id": int(sample_id), **task.synthesize_sample(sample_generator(seed, split, int(sample_id)), params)}
