@@ -242,7 +242,7 @@ def bench_synth(args, workdir: str) -> list[dict]:
     import numpy as np
     import ray
 
-    from raycv.data.synth import _synthesize_batch, synthesize
+    from raycv.data.synth import _synthesize_batch, block_bounds, synthesize
     from raycv.tasks import get_task
 
     task = get_task("detect")
@@ -260,7 +260,8 @@ def bench_synth(args, workdir: str) -> list[dict]:
     # spinning beside the other process held 2 plain processes on 2 cores to 0.75.
     synthesize_block = functools.partial(_synthesize_batch, task_name=task.name, seed=0, split="train",
                                          params={**task.synth_defaults, **params})
-    blocks = {workers: [{"id": ids} for ids in np.array_split(np.arange(workers * scenes_per_worker), 4 * workers)]
+    bounds = {workers: block_bounds(workers * scenes_per_worker, workers, 512) for workers in worker_counts}
+    blocks = {workers: [{"id": np.arange(start, stop)} for start, stop in zip(bounds[workers], bounds[workers][1:])]
               for workers in worker_counts}
     pools = {workers: ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
              for workers in worker_counts}

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from raycv import storage
-from raycv.data.synth import MANIFEST, open_dataset, synthesize
+from raycv.data.synth import MANIFEST, block_bounds, open_dataset, synthesize
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
 
@@ -21,6 +21,16 @@ def synthesis_task_spans(since: float) -> list[tuple[float, float]]:
     events = ray.timeline()
     return sorted((event["ts"] / 1e6, (event["ts"] + event["dur"]) / 1e6) for event in events
                   if event.get("ph") == "X" and event["name"].endswith("_map_task") and event["ts"] / 1e6 >= since)
+
+
+@pytest.mark.parametrize("count, workers", [(5000, 2), (40_000, 16), (2500, 1), (300, 2), (1, 4)])
+def test_blocks_cover_every_sample_once_and_shrink_towards_the_end(count, workers):
+    sizes = np.diff(block_bounds(count, workers, max_block=512))
+    assert sizes.sum() == count and sizes.min() >= 1 and sizes.max() <= 512
+    assert all(later <= earlier for earlier, later in zip(sizes, sizes[1:])), sizes
+    if workers > 1 and count >= 64 * workers * 4:
+        # the last block of each worker is small, so none waits long for the last to finish
+        assert sizes[-workers:].max() <= 64 and len(sizes) <= 10 * workers, sizes
 
 
 def test_same_seed_same_bytes_with_one_or_two_workers(ray_session, tmp_path):

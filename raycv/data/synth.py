@@ -44,6 +44,29 @@ def _synthesize_batch(batch: dict[str, np.ndarray], task_name: str, seed: int, s
             for key in rows[0]}
 
 
+def _synthesize_blocks(batch: dict[str, np.ndarray], bounds: np.ndarray, **kwargs) -> dict[str, np.ndarray]:
+    """Synthesize blocks given by index: block i holds sample ids bounds[i] .. bounds[i + 1] - 1."""
+    ids = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in batch["id"]])
+    return _synthesize_batch({"id": ids}, **kwargs)
+
+
+def block_bounds(count: int, parallelism: int, max_block: int) -> np.ndarray:
+    """Sample-id boundaries [0, ..., count] of the synthesis blocks, by guided self-scheduling: each block
+    takes 1/parallelism of the samples not yet in a block, at most `max_block` (memory) and at least a small
+    minimum, because Ray Data leaves a worker idle for ~0.15 s between two tasks.
+
+    Equal blocks of 500 detect scenes (~10 s each) let the last worker finish up to a whole block after the
+    first: a worker that starts late (Ray Data waits ~1 s before it grants the second CPU) or shares its core
+    with Ray's own processes runs 5-10 % slower, and on 2 cores one CPU sat idle for the last 4.5 s of a 56 s
+    run. Shrinking blocks let the faster workers take up that slack, so all finish within a small block."""
+    min_block = min(64, max(16, count // (4 * parallelism)))
+    bounds = [0]
+    while bounds[-1] < count:
+        remaining = count - bounds[-1]
+        bounds.append(bounds[-1] + min(remaining, max_block, max(min_block, -(-remaining // parallelism))))
+    return np.array(bounds)
+
+
 def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, params: dict[str, Any] | None = None,
                workers: int | None = None, batch_size: int = 512, overwrite: bool = False) -> dict[str, Any]:
     """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest.
@@ -72,15 +95,13 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
     split_params = getattr(task, "split_params", None)  # e.g. disjoint identities for train and val
     try:
         for split, count in splits.items():
-            # A few blocks per parallel task keeps every core busy to the end, and no block holds more than
-            # `batch_size` samples in memory; contents do not depend on the block layout (per-sample seeds).
-            # Blocks are large because Ray Data leaves each worker idle for ~0.15 s between two tasks: 512
-            # rather than 256 scenes per block lifted 2 workers on 2 cores from 0.88 to 0.90 of twice one.
+            # No block holds more than `batch_size` samples in memory; contents do not depend on the block
+            # layout (per-sample seeds).
             parallelism = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            blocks = max(1, min(count, -(-count // 16), max(4 * parallelism, -(-count // batch_size))))
-            dataset = ray.data.range(count, override_num_blocks=blocks).map_batches(
-                _synthesize_batch,
-                fn_kwargs={"task_name": task.name, "seed": seed, "split": split,
+            bounds = block_bounds(count, parallelism, batch_size)
+            dataset = ray.data.range(len(bounds) - 1, override_num_blocks=len(bounds) - 1).map_batches(
+                _synthesize_blocks,
+                fn_kwargs={"bounds": bounds, "task_name": task.name, "seed": seed, "split": split,
                            "params": split_params(split, params, seed) if split_params else params},
                 batch_size=None,
             )
