@@ -239,10 +239,9 @@ def bench_synth(args, workdir: str) -> list[dict]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import numpy as np
     import ray
 
-    from raycv.data.synth import _synthesize_batch, block_bounds, synthesize
+    from raycv.data.synth import MAX_BLOCK_SAMPLES, _synthesize_blocks, block_bounds, synthesize
     from raycv.tasks import get_task
 
     task = get_task("detect")
@@ -258,11 +257,12 @@ def bench_synth(args, workdir: str) -> list[dict]:
     # The machine's own ceiling: the same per-block work in plain processes, with no Ray and no Parquet.
     # Each gets one BLAS/OpenMP thread, as Ray gives a 1-CPU task: with the default two, OpenBLAS threads
     # spinning beside the other process held 2 plain processes on 2 cores to 0.75.
-    synthesize_block = functools.partial(_synthesize_batch, task_name=task.name, seed=0, split="train",
-                                         params={**task.synth_defaults, **params})
-    bounds = {workers: block_bounds(workers * scenes_per_worker, workers, 512) for workers in worker_counts}
-    blocks = {workers: [{"id": np.arange(start, stop)} for start, stop in zip(bounds[workers], bounds[workers][1:])]
+    bounds = {workers: block_bounds(workers * scenes_per_worker, workers, MAX_BLOCK_SAMPLES)
               for workers in worker_counts}
+    synthesize_block = {workers: functools.partial(_synthesize_blocks, bounds=bounds[workers], task_name=task.name,
+                                                   seed=0, split="train", params={**task.synth_defaults, **params})
+                        for workers in worker_counts}
+    blocks = {workers: [{"id": [index]} for index in range(len(bounds[workers]) - 1)] for workers in worker_counts}
     pools = {workers: ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
              for workers in worker_counts}
     driver_threads = os.environ.get("OMP_NUM_THREADS")
@@ -271,7 +271,7 @@ def bench_synth(args, workdir: str) -> list[dict]:
                                                 "plain": {workers: [] for workers in pools}}
     try:
         for workers, pool in pools.items():
-            list(pool.map(synthesize_block, blocks[workers][:workers]))  # start and import
+            list(pool.map(synthesize_block[workers], blocks[workers][:workers]))  # start and import
         if driver_threads is None:
             del os.environ["OMP_NUM_THREADS"]
         else:
@@ -284,7 +284,7 @@ def bench_synth(args, workdir: str) -> list[dict]:
                            params=params, workers=workers)
                 rates["ray"][workers].append(count / (time.perf_counter() - started))
                 started = time.perf_counter()
-                list(pool.map(synthesize_block, blocks[workers]))
+                list(pool.map(synthesize_block[workers], blocks[workers]))
                 rates["plain"][workers].append(count / (time.perf_counter() - started))
     finally:
         for pool in pools.values():

@@ -1,4 +1,4 @@
-"""Connecting to Ray the same way from the CLI, jobs and benchmarks."""
+"""Process set-up shared by the CLI, jobs, benchmarks and Ray workers: connecting to Ray, logs, memory."""
 
 from __future__ import annotations
 

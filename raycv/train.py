@@ -210,9 +210,12 @@ def maybe_inject_fault(cfg: TrainConfig, epoch: int, run_dir: str) -> None:
 
 def quiet_report_logs(verbose: bool) -> None:
     """Ray Train 2.60 logs every report (all metrics and the checkpoint path, repeating the epoch line) through a
-    logger named after its source file, outside `ray.train`, so RunConfig's logging_config misses it."""
-    from ray.train.v2._internal.execution import context as train_context
-
+    logger named after its source file, outside `ray.train`, so RunConfig's logging_config misses it. Other Ray
+    versions may keep that module elsewhere; there is then nothing of it to quiet."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
     logging.getLogger(train_context.__file__).setLevel(logging.INFO if verbose else logging.WARNING)
 
 

@@ -25,6 +25,7 @@ from raycv.runtime import keep_array_memory_in_heap
 from raycv.tasks import Task, get_task
 
 MANIFEST = "manifest.json"
+MAX_BLOCK_SAMPLES = 512  # the most samples one synthesis block holds in memory (~90 MB of 300-px scenes)
 
 
 def sample_generator(seed: int, split: str, sample_id: int) -> np.random.Generator:
@@ -68,7 +69,7 @@ def block_bounds(count: int, parallelism: int, max_block: int) -> np.ndarray:
 
 
 def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, params: dict[str, Any] | None = None,
-               workers: int | None = None, batch_size: int = 512, overwrite: bool = False) -> dict[str, Any]:
+               workers: int | None = None, batch_size: int = MAX_BLOCK_SAMPLES, overwrite: bool = False) -> dict[str, Any]:
     """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest.
     Splits of size 0 are left out (a held-out test set is `{"train": 0, "val": 1000}` with another seed)."""
     params = {**task.synth_defaults, **(params or {})}
