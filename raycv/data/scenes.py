@@ -213,8 +213,8 @@ def composite_scene(rng: np.random.Generator, params: dict[str, Any]) -> dict[st
         image, avoid = procedural.random_background(rng, size)
         avoid = list(avoid)
         for _ in range(rng.integers(0, 4)):  # distractor strokes and blobs, which are not objects
-            alpha, color = procedural.random_clutter(rng, size)
-            image = procedural.composite(image, alpha, color)
+            window, alpha, color = procedural.random_clutter(rng, size)
+            image[window] = procedural.composite(image[window], alpha, color)
 
     instances = np.zeros((size, size), dtype=np.uint8)
     labels: list[int] = []
