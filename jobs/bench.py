@@ -3,10 +3,10 @@
 Sections:
   synth   composited 300x300 detection scenes (the book's size) per second through the Ray Data
           synthesis driver (Parquet + COCO JSON written), with 1 worker and with one per CPU, each worker
-          making the same number of scenes (weak scaling), alternated over 3 rounds: median scenes/s per
-          core and the parallel efficiency rate(N) / (N * rate(1)),
+          making the same number of scenes (weak scaling), over 4 rounds in alternating order (1 then N,
+          N then 1, ...): median scenes/s per core and the parallel efficiency rate(N) / (N * rate(1)),
           beside the efficiency of the same scene work in plain processes, one BLAS thread each as Ray
-          gives a 1-CPU task (the machine's own ceiling).
+          gives a 1-CPU task (the machine's own ceiling), measured once.
   train   images/s of the Ray Train loop (Ray Data ingest, DDP wrapper, reporting) against a bare
           PyTorch loop with the same model, batch, precision, device and training step, in one run;
           then the same loop on 2 DDP workers sharing the same CPUs (or one GPU each), against 1 worker.
@@ -234,14 +234,17 @@ def bench_predict(args, workdir: str) -> list[dict]:
              "actors": 2}]
 
 
-def bench_synth(args, workdir: str) -> list[dict]:
-    import functools
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+def synthesized_rows(block: dict, synthesize_block) -> int:
+    """The plain-process ceiling's unit of work: one synthesis block, of which only the row count goes
+    back. Returning the rows would have the parent unpickle ~80 MB per block on the cores being measured,
+    work the Ray runs do not have (they write Parquet inside the task)."""
+    return len(synthesize_block(block)["id"])
 
+
+def bench_synth(args, workdir: str) -> list[dict]:
     import ray
 
-    from raycv.data.synth import MAX_BLOCK_SAMPLES, _synthesize_blocks, block_bounds, synthesize
+    from raycv.data.synth import synthesize
     from raycv.tasks import get_task
 
     task = get_task("detect")
@@ -249,62 +252,70 @@ def bench_synth(args, workdir: str) -> list[dict]:
     # as on 64. A fixed total would leave a many-core run a few seconds long, mostly Ray Data's fixed
     # start-up (about 1 s per execution), and measure that instead of synthesis.
     scenes_per_worker = 400 if args.quick else 2_500
-    rounds = 3  # 1 worker and all workers alternate: a shared VM drifts by 10-20 % over minutes
+    # A shared VM drifts by several % over minutes. Rounds alternate the order (1 worker then all, then all
+    # then 1, ...) so that a steady drift cancels in the median instead of favouring one side.
+    rounds = 4
     cpus = int(ray.cluster_resources().get("CPU", 1))
     worker_counts = sorted({1, cpus})
     params = {"image_size": 300, "min_objects": 1, "max_objects": 3}
     synthesize(task, str(Path(workdir) / "synth-warmup"), {"train": 64}, params=params)  # start worker processes
-    # The machine's own ceiling: the same per-block work in plain processes, with no Ray and no Parquet.
-    # Each gets one BLAS/OpenMP thread, as Ray gives a 1-CPU task: with the default two, OpenBLAS threads
-    # spinning beside the other process held 2 plain processes on 2 cores to 0.75.
-    bounds = {workers: block_bounds(workers * scenes_per_worker, workers, MAX_BLOCK_SAMPLES)
-              for workers in worker_counts}
-    synthesize_block = {workers: functools.partial(_synthesize_blocks, bounds=bounds[workers], task_name=task.name,
-                                                   seed=0, split="train", params={**task.synth_defaults, **params})
-                        for workers in worker_counts}
-    blocks = {workers: [{"id": [index]} for index in range(len(bounds[workers]) - 1)] for workers in worker_counts}
-    pools = {workers: ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-             for workers in worker_counts}
+    rates: dict[int, list[float]] = {workers: [] for workers in worker_counts}
+    for round_index in range(rounds):
+        for workers in worker_counts[::-1] if round_index % 2 else worker_counts:
+            count = workers * scenes_per_worker
+            started = time.perf_counter()
+            synthesize(task, str(Path(workdir) / f"synth-{workers}-{round_index}"), {"train": count},
+                       params=params, workers=workers)
+            rates[workers].append(count / (time.perf_counter() - started))
+    plain = plain_process_synthesis_rates(task, params, worker_counts, scenes_per_worker)
+
+    rows = []
+    for workers in worker_counts:
+        rate = statistics.median(rates[workers])
+        rows.append({"workers": workers, "scenes": workers * scenes_per_worker, "rounds": rounds,
+                     "scenes_per_s": round(rate, 1), "scenes_per_s_per_core": round(rate / workers, 1),
+                     "parallel_efficiency": round(rate / (workers * statistics.median(rates[1])), 3),
+                     "scenes_per_s_per_round": [round(r, 1) for r in rates[workers]],
+                     # Each round against the 1-worker run next to it: the spread the drift leaves.
+                     "efficiency_per_round": [round(r / (workers * r1), 3) for r, r1 in zip(rates[workers], rates[1])],
+                     "plain_processes_scenes_per_s": round(plain[workers], 1),
+                     "plain_processes_efficiency": round(plain[workers] / (workers * plain[1]), 3)})
+    return rows
+
+
+def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int], scenes_per_worker: int) -> dict[int, float]:
+    """The machine's own ceiling: scenes/s of the same blocks of scene work in plain processes, with no Ray
+    and no Parquet, once per worker count. Each process gets one BLAS/OpenMP thread, as Ray gives a 1-CPU
+    task: with the default two, OpenBLAS threads spinning beside the other process held 2 plain processes
+    on 2 cores to 0.75."""
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from raycv.data.synth import MAX_BLOCK_SAMPLES, _synthesize_blocks, block_bounds
+
     driver_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # spawned processes start with the environment of their first map
-    rates: dict[str, dict[int, list[float]]] = {"ray": {workers: [] for workers in pools},
-                                                "plain": {workers: [] for workers in pools}}
+    rates = {}
     try:
-        for workers, pool in pools.items():
-            list(pool.map(synthesize_block[workers], blocks[workers][:workers]))  # start and import
+        for workers in worker_counts:
+            count = workers * scenes_per_worker
+            bounds = block_bounds(count, workers, MAX_BLOCK_SAMPLES)
+            work = functools.partial(synthesized_rows, synthesize_block=functools.partial(
+                _synthesize_blocks, bounds=bounds, task_name=task.name, seed=0, split="train",
+                params={**task.synth_defaults, **params}))
+            blocks = [{"id": [index]} for index in range(len(bounds) - 1)]
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(work, blocks[-workers:]))  # start and import, on the small last blocks
+                started = time.perf_counter()
+                assert sum(pool.map(work, blocks)) == count
+                rates[workers] = count / (time.perf_counter() - started)
+    finally:
         if driver_threads is None:
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = driver_threads
-        for round_index in range(rounds):
-            for workers, pool in pools.items():
-                count = workers * scenes_per_worker
-                started = time.perf_counter()
-                synthesize(task, str(Path(workdir) / f"synth-{workers}-{round_index}"), {"train": count},
-                           params=params, workers=workers)
-                rates["ray"][workers].append(count / (time.perf_counter() - started))
-                started = time.perf_counter()
-                list(pool.map(synthesize_block[workers], blocks[workers]))
-                rates["plain"][workers].append(count / (time.perf_counter() - started))
-    finally:
-        for pool in pools.values():
-            pool.shutdown()
-
-    def efficiency(kind: str, workers: int) -> float:
-        return statistics.median(rates[kind][workers]) / (workers * statistics.median(rates[kind][1]))
-
-    rows = []
-    for workers in pools:
-        rate = statistics.median(rates["ray"][workers])
-        rows.append({"workers": workers, "scenes": workers * scenes_per_worker, "rounds": rounds,
-                     "scenes_per_s": round(rate, 1), "scenes_per_s_per_core": round(rate / workers, 1),
-                     "parallel_efficiency": round(efficiency("ray", workers), 3),
-                     # Each round against the 1-worker run next to it: the spread the drift leaves.
-                     "efficiency_per_round": [round(r / (workers * r1), 3)
-                                              for r, r1 in zip(rates["ray"][workers], rates["ray"][1])],
-                     "plain_processes_scenes_per_s": round(statistics.median(rates["plain"][workers]), 1),
-                     "plain_processes_efficiency": round(efficiency("plain", workers), 3)})
-    return rows
+    return rates
 
 
 def bench_search(args, workdir: str) -> list[dict]:
