@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycv.data import coco
-from raycv.data.images import decode_image
+from raycv.data import coco, procedural
+from raycv.data.images import decode_image, encode_png
 from raycv.data.scenes import SCENE_DEFAULTS, composite_scene, decode_scenes, validate_params
 from raycv.errors import RaycvError
 
@@ -17,6 +17,38 @@ from raycv.errors import RaycvError
 def scenes(count: int, **params):
     params = {**SCENE_DEFAULTS, **params}
     return [composite_scene(np.random.default_rng([3, index]), params) for index in range(count)], params
+
+
+def test_clutter_windows_hold_all_of_its_coverage():
+    """Clutter is painted over its window only: the same stroke or disc drawn over the whole image must
+    have no coverage outside that window, and the same values inside it."""
+    size = 96
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        start, end = rng.uniform(-5, size + 5, 2), rng.uniform(-5, size + 5, 2)
+        width, radius = rng.uniform(0.6, 3.0), rng.uniform(0.6, 12.0)
+        reach = width / 2 + 0.5
+        segment_window = procedural.covering_window(size, np.minimum(start, end) - reach, np.maximum(start, end) + reach)
+        disc_window = procedural.covering_window(size, start - radius - 0.5, start + radius + 0.5)
+        for full, window, windowed in [
+            (procedural.segment_alpha(size, start, end, width), segment_window,
+             procedural.segment_alpha(size, start, end, width, segment_window)),
+            (procedural.disc_alpha(size, start, radius), disc_window,
+             procedural.disc_alpha(size, start, radius, disc_window)),
+        ]:
+            np.testing.assert_allclose(windowed, full[window], rtol=0, atol=1e-12)
+            outside = full.copy()
+            outside[window] = 0
+            assert not outside.any(), f"seed {seed}: coverage outside {window}"
+    (rows, cols), alpha, _ = procedural.random_clutter(np.random.default_rng(0), size)
+    assert alpha.shape == (rows.stop - rows.start, cols.stop - cols.start) and alpha.max() > 0
+
+
+@pytest.mark.parametrize("shape, mode", [((7, 5), "L"), ((7, 5, 3), "RGB"), ((7, 5, 4), "RGBA")])
+def test_png_round_trip_keeps_every_value_and_channel_order(shape, mode):
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    image[0, 0] = [255, 0, 0, 128][:shape[2]] if len(shape) == 3 else 255  # red stays red, not blue
+    assert np.array_equal(decode_image(encode_png(image), mode=mode), image)
 
 
 def test_masks_boxes_and_rle_agree_with_each_other():
