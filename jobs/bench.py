@@ -234,11 +234,13 @@ def bench_predict(args, workdir: str) -> list[dict]:
              "actors": 2}]
 
 
-def synthesized_rows(block: dict, synthesize_block) -> int:
+def synthesized_rows(block: dict, **kwargs) -> int:
     """The plain-process ceiling's unit of work: one synthesis block, of which only the row count goes
     back. Returning the rows would have the parent unpickle ~80 MB per block on the cores being measured,
     work the Ray runs do not have (they write Parquet inside the task)."""
-    return len(synthesize_block(block)["id"])
+    from raycv.data.synth import _synthesize_blocks
+
+    return len(_synthesize_blocks(block, **kwargs)["id"])
 
 
 def bench_synth(args, workdir: str) -> list[dict]:
@@ -292,7 +294,7 @@ def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int], 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from raycv.data.synth import MAX_BLOCK_SAMPLES, _synthesize_blocks, block_bounds
+    from raycv.data.synth import MAX_BLOCK_SAMPLES, block_bounds
 
     driver_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # spawned processes start with the environment of their first map
@@ -301,9 +303,8 @@ def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int], 
         for workers in worker_counts:
             count = workers * scenes_per_worker
             bounds = block_bounds(count, workers, MAX_BLOCK_SAMPLES)
-            work = functools.partial(synthesized_rows, synthesize_block=functools.partial(
-                _synthesize_blocks, bounds=bounds, task_name=task.name, seed=0, split="train",
-                params={**task.synth_defaults, **params}))
+            work = functools.partial(synthesized_rows, bounds=bounds, task_name=task.name, seed=0, split="train",
+                                     params={**task.synth_defaults, **params})
             blocks = [{"id": [index]} for index in range(len(bounds) - 1)]
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 list(pool.map(work, blocks[-workers:]))  # start and import, on the small last blocks
