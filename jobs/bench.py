@@ -76,7 +76,7 @@ def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
 
 def classify_bench_data(args, workdir: str) -> tuple[str, int]:
     """The procedural classify set shared by the train and ingest sections (synthesized once)."""
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
 
     size = 4096 if args.quick else (50_000 if args.gpu else 10_000)
@@ -118,7 +118,8 @@ def bench_train(args, workdir: str) -> list[dict]:
     model, width = models[0]
     cfg = task.default_config().replace(model=model, width=width, batch_size=batch, epochs=epochs, workers=2,
                                         gpu=args.gpu, cpus_per_worker=args.cpus if args.gpu else max(1, args.cpus // 2),
-                                        storage=f"{workdir}/runs", name=f"bench-{model}-{width}-2w", compile=args.compile)
+                                        storage=f"{workdir}/runs", name=f"bench-{model}-{width}-2w",
+                                        compile=args.compile)
     two = statistics.median(row["train_images_per_s"] for row in fit(task, cfg, data).history[1:])
     rows.append({"model": f"{model} x{width}", "workers": 2,
                  "device": "cuda, 1 GPU each" if args.gpu else f"cpu ({cfg.cpus_per_worker:g} threads each)",
@@ -129,7 +130,7 @@ def bench_train(args, workdir: str) -> list[dict]:
 
 def trained_checkpoint(args, workdir: str) -> tuple[str, str]:
     """A small classify model and its dataset, shared by the serving sections."""
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
     from raycv.train import fit
 
@@ -149,7 +150,8 @@ def load_test(url: str, bodies: list[bytes], concurrency: int, requests: int) ->
 
     def send(index: int) -> tuple[float, int]:
         started = time.perf_counter()
-        status = client.post(url, content=bodies[index % len(bodies)], headers={"content-type": "image/png"}).status_code
+        status = client.post(url, content=bodies[index % len(bodies)],
+                             headers={"content-type": "image/png"}).status_code
         return time.perf_counter() - started, status
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -173,7 +175,7 @@ def bench_serve(args, workdir: str) -> list[dict]:
     from ray import serve
 
     from raycv.config import ServeOptions
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
     from raycv.serve import build_app
     from raycv.tasks import get_task
 
@@ -186,8 +188,8 @@ def bench_serve(args, workdir: str) -> list[dict]:
         port = probe.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     replicas = 1 if args.quick else 2
-    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=replicas, max_replicas=replicas,
-                                     batch_size=32, cpus_per_replica=args.cpus / replicas,
+    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=replicas,
+                                     max_replicas=replicas, batch_size=32, cpus_per_replica=args.cpus / replicas,
                                      gpu=1.0 / replicas if args.gpu else 0.0)), name="raycv", route_prefix="/")
     rows = []
     for concurrency in (1, 8, 32):
@@ -205,7 +207,8 @@ def bench_serve(args, workdir: str) -> list[dict]:
                 time.sleep(0.5)
         for concurrency in (1, 8, 32):
             rows.append({"server": "fastapi+uvicorn, 1 process", "concurrency": concurrency,
-                         **load_test(f"http://127.0.0.1:{port + 1}/v1/classify/predict", bodies, concurrency, requests)})
+                         **load_test(f"http://127.0.0.1:{port + 1}/v1/classify/predict", bodies, concurrency,
+                                     requests)})
     finally:
         baseline.terminate()
         baseline.wait()
@@ -217,7 +220,7 @@ def bench_serve(args, workdir: str) -> list[dict]:
 
 
 def bench_predict(args, workdir: str) -> list[dict]:
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
     from raycv.inference import predict_folder
     from raycv.tasks import get_task
 
@@ -226,7 +229,7 @@ def bench_predict(args, workdir: str) -> list[dict]:
     folder = Path(workdir) / "predict-folder"
     folder.mkdir(exist_ok=True)
     batch = splits["val"].take_batch(512 if args.quick else 2048)
-    for sample_id, image in zip(batch["id"], batch["image"]):
+    for sample_id, image in zip(batch["id"], batch["image"], strict=False):
         (folder / f"{sample_id}.png").write_bytes(image)
     summary = predict_folder(checkpoint, str(folder), str(Path(workdir) / "predictions.csv"), "classify",
                              concurrency=2, batch_size=128)
@@ -238,7 +241,7 @@ def synthesized_rows(block: dict, **kwargs) -> int:
     """The plain-process ceiling's unit of work: one synthesis block, of which only the row count goes
     back. Returning the rows would have the parent unpickle ~80 MB per block on the cores being measured,
     work the Ray runs do not have (they write Parquet inside the task)."""
-    from raycv.data.synth import _synthesize_blocks
+    from raycv.synth import _synthesize_blocks
 
     return len(_synthesize_blocks(block, **kwargs)["id"])
 
@@ -246,7 +249,7 @@ def synthesized_rows(block: dict, **kwargs) -> int:
 def bench_synth(args, workdir: str) -> list[dict]:
     import ray
 
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
 
     task = get_task("detect")
@@ -279,13 +282,15 @@ def bench_synth(args, workdir: str) -> list[dict]:
                      "parallel_efficiency": round(rate / (workers * statistics.median(rates[1])), 3),
                      "scenes_per_s_per_round": [round(r, 1) for r in rates[workers]],
                      # Each round against the 1-worker run next to it: the spread the drift leaves.
-                     "efficiency_per_round": [round(r / (workers * r1), 3) for r, r1 in zip(rates[workers], rates[1])],
+                     "efficiency_per_round": [round(r / (workers * r1), 3)
+                                              for r, r1 in zip(rates[workers], rates[1], strict=False)],
                      "plain_processes_scenes_per_s": round(plain[workers], 1),
                      "plain_processes_efficiency": round(plain[workers] / (workers * plain[1]), 3)})
     return rows
 
 
-def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int], scenes_per_worker: int) -> dict[int, float]:
+def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int],
+                                  scenes_per_worker: int) -> dict[int, float]:
     """The machine's own ceiling: scenes/s of the same blocks of scene work in plain processes, with no Ray
     and no Parquet, once per worker count. Each process gets one BLAS/OpenMP thread, as Ray gives a 1-CPU
     task: with the default two, OpenBLAS threads spinning beside the other process held 2 plain processes
@@ -294,7 +299,7 @@ def plain_process_synthesis_rates(task, params: dict, worker_counts: list[int], 
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from raycv.data.synth import MAX_BLOCK_SAMPLES, block_bounds
+    from raycv.synth import MAX_BLOCK_SAMPLES, block_bounds
 
     driver_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # spawned processes start with the environment of their first map
@@ -348,7 +353,7 @@ def bench_search(args, workdir: str) -> list[dict]:
         rate = queries / (time.perf_counter() - started)
         found = [{item for item, _ in row} for row in answers]
         exact = exact or found
-        recall = float(np.mean([len(a & b) / 10 for a, b in zip(found, exact)]))
+        recall = float(np.mean([len(a & b) / 10 for a, b in zip(found, exact, strict=False)]))
         rows.append({"index": f"{kind} ({index.backend})", "vectors": count, "dim": dim, "build_s": round(build_s, 1),
                      "queries_per_s": round(rate, 1), "recall_at_10_vs_exact": round(recall, 4)})
     return rows
@@ -386,7 +391,8 @@ def bench_ingest(args, workdir: str) -> list[dict]:
     device = torch.device("cuda" if args.gpu else "cpu")
     consumed = bare_loop_images_per_s(task, cfg, data, steps=max(20, (size // batch) // 2))
     rows = []
-    for cache, source in ((True, "object store (decoded once, the default)"), (False, "Parquet, PNG decode every epoch")):
+    for cache, source in ((True, "object store (decoded once, the default)"),
+                          (False, "Parquet, PNG decode every epoch")):
         datasets, _ = prepare_datasets(task, data, cfg.replace(cache_data=cache))
         rate = batches_per_s(datasets["train"], batch, device)
         rows.append({"source": source, "images": size, "batch": batch, "device": device.type,
@@ -411,8 +417,8 @@ class GpuSampler:
         import subprocess
 
         while not self.stop.wait(0.5):
-            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                                     "--id=0"], capture_output=True, text=True).stdout
+            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                     "--format=csv,noheader,nounits", "--id=0"], capture_output=True, text=True).stdout
             try:
                 utilisation, memory = (float(value) for value in output.strip().split(","))
             except ValueError:
@@ -440,7 +446,7 @@ class GpuSampler:
 def bench_tune(args, workdir: str) -> list[dict]:
     import ray
 
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
     from raycv.tune import parse_space, sweep
 
@@ -472,7 +478,8 @@ def bench_tune(args, workdir: str) -> list[dict]:
         rows.append({"layout": layout, "concurrent": concurrent, "trials": done, "epochs": epochs,
                      "train_images": train_size, "seconds": round(seconds, 1),
                      "trials_per_hour": round(3600 * done / seconds, 1),
-                     "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows if "val_accuracy" in row), 4),
+                     "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows
+                                                    if "val_accuracy" in row), 4),
                      **(sampler.summary() if args.gpu else {})})
     return rows
 
@@ -490,7 +497,8 @@ def markdown(results: dict, sections: list[str]) -> str:
              f"torch {machine['torch']}, Ray {machine['ray']}; {'--quick' if results['quick'] else 'full sizes'}; "
              f"{results['seconds']:.0f} s in all.", ""]
     for section in sections:
-        lines += [f"## {section} ({results['section_seconds'][section]:.0f} s)", "", markdown_table(results[section]), ""]
+        lines += [f"## {section} ({results['section_seconds'][section]:.0f} s)", "",
+                  markdown_table(results[section]), ""]
     return "\n".join(lines)
 
 

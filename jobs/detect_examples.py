@@ -27,7 +27,7 @@ def main() -> None:
 
     from raycv.checkpoint import load_model
     from raycv.data.images import decode_image
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
     from raycv.inference import default_device, predict
     from raycv.runtime import init_ray
     from raycv.tasks.detect import draw_detections
@@ -36,7 +36,7 @@ def main() -> None:
     loaded = load_model(args.checkpoint, "detect", default_device())
     splits, _ = open_dataset(loaded.task, args.data)
     images = [decode_image(row["image"]) for row in splits[args.split].take(args.count)]
-    drawn = [draw_detections(image, answer) for image, answer in zip(images, predict(loaded, images))]
+    drawn = [draw_detections(image, answer) for image, answer in zip(images, predict(loaded, images), strict=False)]
     # Pad to the largest image so a COCO split of mixed sizes still tiles.
     height, width = max(d.shape[0] for d in drawn), max(d.shape[1] for d in drawn)
     tiles = [np.pad(d, ((0, height - d.shape[0]), (0, width - d.shape[1]), (0, 0))) for d in drawn]

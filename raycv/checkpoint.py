@@ -14,7 +14,8 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import torch
 from torch import nn

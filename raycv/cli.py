@@ -17,7 +17,8 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from raycv.config import ServeOptions, TrainConfig
 from raycv.errors import RaycvError
@@ -113,14 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         tune.add_argument("--space", action="append", default=[], metavar="KEY=KIND:ARGS", required=True,
                           help="e.g. lr=loguniform:1e-3:1e-1 or sparsity=grid:0.5,0.7,0.9 (repeatable)")
         tune.add_argument("--samples", type=int, default=1, help="samples per grid point (num_samples)")
-        tune.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+        tune.add_argument("--max-concurrent", type=int, default=None,
+                          help="trials at once (default: as resources allow)")
         tune.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25: four trials share a GPU")
         tune.add_argument("--no-asha", dest="asha", action="store_false", help="run every trial to the end")
         tune.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA may stop a trial")
         add_config_flags(tune, task_name)
 
-        compress = verbs.add_parser("compress", help="sparsify, channel-prune, quantize (int8) and export a checkpoint, "
-                                                     "with accuracy, size and CPU latency per stage")
+        compress = verbs.add_parser("compress",
+                                    help="sparsify, channel-prune, quantize (int8) and export a checkpoint, "
+                                         "with accuracy, size and CPU latency per stage")
         compress.add_argument("--checkpoint", required=True)
         compress.add_argument("--data", required=True, help="dataset for fine-tuning, calibration and evaluation")
         compress.add_argument("--out", required=True, help="folder for the table and the compressed models")
@@ -137,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         source = predict.add_mutually_exclusive_group(required=True)
         source.add_argument("--checkpoint", help="run the model in this process (or, with --folder, on Ray)")
         source.add_argument("--url", help="a running `raycv serve` app, e.g. http://127.0.0.1:8000")
-        predict.add_argument("--folder", help="predict every image under this folder with Ray Data (needs --checkpoint)")
+        predict.add_argument("--folder",
+                             help="predict every image under this folder with Ray Data (needs --checkpoint)")
         predict.add_argument("--out", help="with --folder: predictions file, .csv or .json (default: print)")
         predict.add_argument("--concurrency", type=int, default=2, help="with --folder: model replicas (actors)")
         predict.add_argument("--batch-size", type=int, default=64, help="with --folder: images per model call")
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verb in task_verbs:
         return task_verbs[args.verb][1](args)
     if args.verb == "synth":
-        from raycv.data.synth import synthesize
+        from raycv.synth import synthesize
 
         init_ray()
         manifest = synthesize(task, args.out, {"train": args.train_size, "val": args.val_size}, seed=args.seed,
@@ -229,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "compress":
         from raycv.compress import CompressOptions, compress_checkpoint
 
-        options = CompressOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompressOptions)}).validate()
+        options = CompressOptions(**{f.name: getattr(args, f.name)
+                                     for f in dataclasses.fields(CompressOptions)}).validate()
         init_ray()
         rows = compress_checkpoint(args.checkpoint, args.data, args.out, options, task.name)
         print(table(rows, f"{task.name} compress: {args.checkpoint}"))
@@ -273,7 +278,7 @@ def run_predict(task_name: str, args: argparse.Namespace) -> None:
         loaded = load_model(args.checkpoint, task_name, inference.default_device())
         answers = inference.predict(loaded, inference.read_image_files(args.images,
                                                                        getattr(loaded.task, "image_mode", "RGB")))
-    for path, answer in zip(args.images, answers):
+    for path, answer in zip(args.images, answers, strict=False):
         print(f"{path}: {json.dumps(answer)}")
 
 

@@ -27,7 +27,8 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -49,23 +50,27 @@ CRITERIA = ("l1", "bn")
 class CompressOptions:
     sparsities: tuple[float, ...] = option((0.5, 0.6, 0.7, 0.8, 0.9), "global sparsity levels, reached in order")
     finetune_epochs: int = option(1, "fine-tuning epochs after each sparsity step")
-    finetune_steps: int = option(0, "cap on steps in every fine-tune epoch, sparse and channel (a random subset); 0: all")
+    finetune_steps: int = option(0, "cap on steps in every fine-tune epoch, sparse and channel (a random subset); "
+                                    "0: all")
     lr: float | None = option(None, "fine-tuning learning rate (cosine decay); None: 0.3 x the checkpoint's")
     batch_size: int = option(128, "fine-tuning and calibration batch size")
     channel_ratio: float = option(0.7, "share of channels removed from every prunable layer (params shrink ~ (1-r)^2)")
     channel_steps: int = option(3, "remove the channels in this many rounds, fine-tuning after each")
-    channel_finetune_epochs: int = option(10, "fine-tuning epochs after channel pruning, spread over the rounds (removing channels changes more than a mask does)")
+    channel_finetune_epochs: int = option(10, "fine-tuning epochs after channel pruning, spread over the rounds "
+                                              "(removing channels changes more than a mask does)")
     criterion: str = option("l1", "channel importance: \"l1\" (filter weight norm) or \"bn\" (BatchNorm scale)")
-    distill: float = option(1.0, "weight of the dense model's outputs as a second target while the channel-pruned model fine-tunes (mean squared difference; 0: off)")
+    distill: float = option(1.0, "weight of the dense model's outputs as a second target while the channel-pruned "
+                                 "model fine-tunes (mean squared difference; 0: off)")
     calibration_batches: int = option(16, "training batches that calibrate the int8 observers")
     threads: int = option(0, "torch / onnxruntime threads for the whole run, latencies included; 0: torch's default")
     latency_runs: int = option(20, "timed runs per measurement (the median is reported)")
     latency_batches: tuple[int, ...] = option((1, 64), "batch sizes to time on CPU")
-    stages: tuple[str, ...] = option(("sparse", "channels", "int8", "export"), "stages to run (the dense row always comes first)")
+    stages: tuple[str, ...] = option(("sparse", "channels", "int8", "export"),
+                                     "stages to run (the dense row always comes first)")
     parity_tolerance: float = option(1e-4, "largest allowed |difference| between exported and PyTorch outputs")
     seed: int = option(0, "random seed for fine-tuning")
 
-    def validate(self) -> "CompressOptions":
+    def validate(self) -> CompressOptions:
         valid_stages = ("sparse", "channels", "int8", "export")
         checks = [
             (len(self.sparsities) > 0 and all(0 < s < 1 for s in self.sparsities), "sparsities", self.sparsities,
@@ -189,8 +194,10 @@ def measure_latency_ms(run: Callable[[torch.Tensor], Any], example: torch.Tensor
     return statistics.median(times) * 1000
 
 
-def latency_columns(run: Callable[[torch.Tensor], Any], examples: dict[int, torch.Tensor], runs: int) -> dict[str, float]:
-    return {f"latency_ms_b{size}": round(measure_latency_ms(run, example, runs), 3) for size, example in examples.items()}
+def latency_columns(run: Callable[[torch.Tensor], Any], examples: dict[int, torch.Tensor],
+                    runs: int) -> dict[str, float]:
+    return {f"latency_ms_b{size}": round(measure_latency_ms(run, example, runs), 3)
+            for size, example in examples.items()}
 
 
 def stage_row(stage: str, metrics: dict[str, float], metric: str, params: int, size_mb: float,
@@ -320,7 +327,7 @@ class Distillation(nn.Module):
         if self.training:
             with torch.no_grad():
                 targets = self.teacher[0](*args, **kwargs)
-            pairs = [(out, target) for out, target in zip(tree_leaves(outputs), tree_leaves(targets))
+            pairs = [(out, target) for out, target in zip(tree_leaves(outputs), tree_leaves(targets), strict=False)
                      if isinstance(out, torch.Tensor) and out.is_floating_point()]
             self.pending = self.weight * sum(nn.functional.mse_loss(out.float(), target.float())
                                              for out, target in pairs) / max(len(pairs), 1)
@@ -436,7 +443,8 @@ def drop_unused_attributes(graph: torch.fx.GraphModule) -> None:
     graph.recompile()
 
 
-def compile_int8(quantized: torch.fx.GraphModule, examples: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_int8(quantized: torch.fx.GraphModule,
+                 examples: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Inductor with freezing turns the quantize/dequantize patterns into oneDNN int8 kernels; without
     it the graph runs in float with fake quantization and is no faster. One static graph per example
     batch size, compiled here (compilation is lazy: the first call of each shape does it)."""

@@ -61,7 +61,7 @@ class TrainConfig:
     fail_at_epoch: int = option(0, "fault injection for tests: the first attempt crashes at this epoch")
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific options
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
@@ -87,7 +87,7 @@ class TrainConfig:
                 raise RaycvError(f"invalid {key}={value!r}: expected {expected}")
         return self
 
-    def replace(self, **overrides: Any) -> "TrainConfig":
+    def replace(self, **overrides: Any) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -98,7 +98,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -126,10 +126,11 @@ class ServeOptions:
     state_dir: str = option("", "where a task keeps its serve state (search: the gallery index); "
                                 "default: serve_state/ in the checkpoint's run folder")
 
-    def validate(self) -> "ServeOptions":
+    def validate(self) -> ServeOptions:
         checks = [
             (self.min_replicas >= 0, "min_replicas", self.min_replicas, ">= 0"),
-            (self.max_replicas >= max(1, self.min_replicas), "max_replicas", self.max_replicas, ">= max(1, min_replicas)"),
+            (self.max_replicas >= max(1, self.min_replicas), "max_replicas", self.max_replicas,
+             ">= max(1, min_replicas)"),
             (self.target_ongoing_requests > 0, "target_ongoing_requests", self.target_ongoing_requests, "> 0"),
             (self.batch_size >= 1, "batch_size", self.batch_size, ">= 1"),
             (self.batch_wait_ms >= 0, "batch_wait_ms", self.batch_wait_ms, ">= 0"),

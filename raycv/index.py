@@ -22,7 +22,8 @@ import json
 import os
 import tempfile
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -64,7 +65,8 @@ class EmbeddingIndex:
         if kind == "hnsw" and backend != "faiss":
             raise RaycvError("index kind 'hnsw' needs FAISS (pip install faiss-cpu); use kind 'flat' without it")
         self.dim, self.kind, self.backend = int(dim), kind, backend
-        self.hnsw_neighbors, self.hnsw_ef_search, self.hnsw_ef_construction = hnsw_neighbors, hnsw_ef_search, hnsw_ef_construction
+        self.hnsw_neighbors, self.hnsw_ef_search, self.hnsw_ef_construction = (hnsw_neighbors, hnsw_ef_search,
+                                                                               hnsw_ef_construction)
         self._buffer = np.zeros((0, self.dim), dtype=np.float32)  # one row per slot, dead ones included, then spare
         self._ids: list[str | None] = []  # slot -> id, None when removed
         self._slot_of: dict[str, int] = {}
@@ -168,8 +170,8 @@ class EmbeddingIndex:
             k = min(int(k), len(self._slot_of))
             scores, slots = self._search(queries, k)
             names = self._ids
-        return [[(names[slot], float(score)) for score, slot in zip(row_scores, row_slots) if slot >= 0]
-                for row_scores, row_slots in zip(scores, slots)]
+        return [[(names[slot], float(score)) for score, slot in zip(row_scores, row_slots, strict=False) if slot >= 0]
+                for row_scores, row_slots in zip(scores, slots, strict=False)]
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._searcher is None:
@@ -255,7 +257,7 @@ class EmbeddingIndex:
             _write_atomically(storage.join(folder, name), files[name])
 
     @classmethod
-    def load(cls, folder: str, backend: str = "auto") -> "EmbeddingIndex":
+    def load(cls, folder: str, backend: str = "auto") -> EmbeddingIndex:
         info_path = storage.join(folder, INFO_FILE)
         if not storage.exists(info_path):
             raise RaycvError(f"no index in {folder} (expected {INFO_FILE} and {INDEX_FILE})")
@@ -271,7 +273,7 @@ class EmbeddingIndex:
         if vectors.shape[1:] != (index.dim,) or not len(vectors) == len(ids) == len(alive):
             raise RaycvError(f"index {folder} is corrupt: vectors {vectors.shape}, {len(ids)} ids, dim {index.dim}")
         index._buffer = vectors.astype(np.float32)
-        index._ids = [str(item) if keep else None for item, keep in zip(ids, alive)]
+        index._ids = [str(item) if keep else None for item, keep in zip(ids, alive, strict=False)]
         index._slot_of = {item: slot for slot, item in enumerate(index._ids) if item is not None}
         graph_path = storage.join(folder, GRAPH_FILE)
         if index.kind == "hnsw" and len(vectors) and storage.exists(graph_path):

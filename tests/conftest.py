@@ -32,7 +32,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def classify_data(ray_session, workdir):
     """A small procedural classification set: 3,072 training and 256 validation images."""
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
 
     path = str(workdir / "classify-data")

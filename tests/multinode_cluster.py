@@ -89,7 +89,7 @@ def scenario_train(cluster, workdir: Path) -> dict:
 
     from conftest import TINY
     from raycv import storage
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
     from raycv.tasks import get_task
     from raycv.train import fit
 
@@ -167,7 +167,7 @@ def first_rows(data: str, split: str, count: int) -> tuple[dict[str, np.ndarray]
     import pyarrow.dataset
 
     from raycv import storage
-    from raycv.data.synth import MANIFEST
+    from raycv.synth import MANIFEST
 
     filesystem, folder = storage.resolve(storage.join(data, split))
     rows = pyarrow.dataset.dataset(folder, filesystem=filesystem, format="parquet").head(count).to_pydict()

@@ -41,7 +41,7 @@ def test_training_steps_raise_the_iou_and_flips_keep_boxes_right():
     cfg = TASK.default_config().replace(width=0.25)
     model = TASK.build_model(cfg, TASK.dataset_meta(PARAMS))
     flipped = TASK.augment(batch, cfg)
-    for image, box in zip(flipped["image"], flipped["box"]):
+    for image, box in zip(flipped["image"], flipped["box"], strict=False):
         bright_columns = (image - CANVAS_GRAY / 255).abs().amax(dim=(0, 1)) > 0.05
         columns = torch.nonzero(bright_columns).flatten()
         assert abs(columns.min() - box[0] * 32) <= 2 and abs(columns.max() + 1 - box[2] * 32) <= 2

@@ -39,7 +39,7 @@ def test_svhn_folder_round_trip_and_its_bad_input_errors(ray_session, tmp_path):
     for split in ("train", "val"):
         text.write_svhn_split(str(tmp_path / split), [
             (f"{i}.png", data, [text.svhn_box(40 * k, 5, 30, 50, char) for k, char in enumerate(label)])
-            for i, (data, label) in enumerate(zip(batch["image"], batch["text"]))])
+            for i, (data, label) in enumerate(zip(batch["image"], batch["text"], strict=False))])
     splits, meta = TASK.read(str(tmp_path))
     assert meta["length"] == 4 and meta["image_size"] == META["image_size"]
     read_back = splits["val"].take_all()

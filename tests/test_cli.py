@@ -56,7 +56,7 @@ def test_eval_and_predict_a_trained_checkpoint(ray_session, capsys, ddp_run, cla
     code, out, _ = run_cli(capsys, "classify", "eval", "--checkpoint", ddp_run.best_checkpoint, "--data", classify_data)
     assert code == 0 and "accuracy" in out
 
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
     from raycv.tasks import get_task
 
     splits, _ = open_dataset(get_task("classify"), classify_data)

@@ -16,7 +16,7 @@ from conftest import png_bytes, served, train_steps
 
 from raycv.cli import main
 from raycv.data.images import decode_image
-from raycv.data.synth import synthesize
+from raycv.synth import synthesize
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
@@ -71,7 +71,8 @@ def test_one_backward_trains_each_gan_player_only_on_its_own_loss():
     for name in ("discriminator", "adversarial", "feature_matching"):
         model.zero_grad()
         terms[name].backward(retain_graph=True)
-        gradients[name] = (sum(float(p.grad.abs().sum()) for p in model.discriminator.parameters() if p.grad is not None),
+        gradients[name] = (sum(float(p.grad.abs().sum()) for p in model.discriminator.parameters()
+                               if p.grad is not None),
                            sum(float(p.grad.abs().sum()) for p in model.autoencoder.parameters() if p.grad is not None))
     assert gradients["discriminator"][0] > 0 and gradients["discriminator"][1] == 0
     for generator_term in ("adversarial", "feature_matching"):

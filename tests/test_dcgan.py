@@ -17,7 +17,7 @@ from conftest import free_port, png_bytes, served
 from raycv.cli import main
 from raycv.data import procedural
 from raycv.data.images import to_model_input
-from raycv.data.synth import synthesize
+from raycv.synth import synthesize
 from raycv.models.dcgan import DCGAN, NOISE_DIM
 from raycv.tasks import get_task
 from raycv.tasks.dcgan import sliced_wasserstein
@@ -32,7 +32,8 @@ def shapes(count: int, seed: int) -> torch.Tensor:
     return to_model_input(torch.from_numpy(np.stack(images)))
 
 
-def changed_players(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor) -> tuple[str, set[str]]:
+def changed_players(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    images: torch.Tensor) -> tuple[str, set[str]]:
     """One training step; which player's loss it was and whose parameters moved."""
     before = {name: value.detach().clone() for name, value in model.named_parameters()}
     outputs = model(images)
@@ -53,7 +54,7 @@ def test_turns_alternate_and_each_step_moves_only_its_player():
     assert steps == [("discriminator", {"discriminator"}), ("generator", {"generator"})] * 2
     with torch.no_grad():
         samples = model.eval()(torch.randn(3, NOISE_DIM, 1, 1))
-    assert samples.shape == (3, 3, 64, 64) and 0 <= samples.min() and samples.max() <= 1
+    assert samples.shape == (3, 3, 64, 64) and samples.min() >= 0 and samples.max() <= 1
 
 
 def test_under_ddp_the_resting_player_keeps_no_gradient():

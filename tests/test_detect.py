@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 
 from raycv.config import TrainConfig
 from raycv.data.scenes import SCENE_DEFAULTS, composite_scene, mask_box
-from raycv.data.synth import sample_generator, synthesize
+from raycv.synth import sample_generator, synthesize
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
 from raycv.tasks.detect import DISTANCE_SCALE, decode_detections, draw_detections, encode_targets
@@ -72,7 +72,8 @@ def test_target_encoding_decodes_back_to_the_boxes():
     batch, meta = scenes(24, seed=3, classes="sun,star,ring", overlap=True, max_objects=6)
     size = meta["image_size"][0]
     outputs = perfect_outputs(batch, meta, size // 4, size // 4)
-    for detections, boxes, labels in zip(decode_detections(outputs, 3, min_score=0.5), batch["boxes"], batch["labels"]):
+    for detections, boxes, labels in zip(decode_detections(outputs, 3, min_score=0.5), batch["boxes"], batch["labels"],
+                                         strict=False):
         truth = boxes[labels >= 0]
         assert len(detections.boxes) == len(truth)
         overlap = box_iou(truth, detections.boxes)

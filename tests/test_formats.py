@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycv.data.synth import open_dataset
+from raycv.synth import open_dataset
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
 
@@ -30,7 +30,8 @@ def cifar_folder(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
     for index in range(1, 6):
-        write_cifar_batch(root / f"data_batch_{index}", images[(index - 1) * 8:index * 8], labels[(index - 1) * 8:index * 8])
+        write_cifar_batch(root / f"data_batch_{index}", images[(index - 1) * 8:index * 8],
+                          labels[(index - 1) * 8:index * 8])
     write_cifar_batch(root / "test_batch", images[40:], labels[40:])
     with open(root / "batches.meta", "wb") as file:
         pickle.dump({b"label_names": [name.encode() for name in CLASSES], b"num_cases_per_batch": 8}, file)

@@ -28,7 +28,8 @@ SMALL = {**TASK.synth_defaults, "image_size": 64, "hole_size": 21}  # the book's
 
 def rows(count: int, seed: int = 0) -> dict[str, torch.Tensor]:
     samples = [TASK.synthesize_sample(np.random.default_rng([seed, index]), SMALL) for index in range(count)]
-    stored = {"image": np.array([s["image"] for s in samples], dtype=object), "hole": np.stack([s["hole"] for s in samples])}
+    stored = {"image": np.array([s["image"] for s in samples], dtype=object),
+              "hole": np.stack([s["hole"] for s in samples])}
     return {key: torch.from_numpy(value) for key, value in TASK.decode(stored, TASK.dataset_meta(SMALL)).items()}
 
 
@@ -94,7 +95,8 @@ def test_an_untrained_filler_is_the_prior_and_training_improves_on_it():
     masks = hole_masks(batch["hole"], 64)
     with torch.no_grad():
         untrained = model.eval()(torch.cat([images, masks], dim=1))[:, :3]
-    assert torch.allclose(untrained, smooth_fill(images * (1 - masks), masks).clamp(0, 1) * masks + images * (1 - masks))
+    assert torch.allclose(untrained,
+                          smooth_fill(images * (1 - masks), masks).clamp(0, 1) * masks + images * (1 - masks))
     losses = train_steps(TASK, model.train(), batch, cfg, 25, lr=2e-3)
     assert np.mean(losses[-3:]) < 0.8 * losses[0], losses
 
@@ -110,7 +112,7 @@ def test_evaluate_scores_the_model_and_telea_inside_the_hole():
     expected = np.mean([float(pixels.masked_psnr(
         torch.from_numpy(telea(image, hole)).permute(2, 0, 1)[None] / 255,
         torch.from_numpy(image).permute(2, 0, 1)[None] / 255, torch.from_numpy(hole)[None, None].float()))
-        for image, hole in zip(images, holes)])
+        for image, hole in zip(images, holes, strict=False)])
     assert metrics["psnr_hole_telea"] == pytest.approx(expected, abs=1e-3)
     assert 5 < metrics["psnr_hole"] < 60 and metrics["psnr_gain"] == pytest.approx(
         metrics["psnr_hole"] - metrics["psnr_hole_telea"])
@@ -160,7 +162,8 @@ def test_fill_and_eval_photos_verbs(inpaint_run, capsys):
     assert main(["inpaint", "eval-photos", "--checkpoint", checkpoint, "--photos", "coins",
                  "--out", str(folder / "photos")]) == 0
     printed = capsys.readouterr().out
-    assert "coins" in printed and "telea_psnr_hole" in printed and "prior_psnr_hole" in printed and (folder / "photos" / "coins_inpaint.png").exists()
+    assert ("coins" in printed and "telea_psnr_hole" in printed and "prior_psnr_hole" in printed
+            and (folder / "photos" / "coins_inpaint.png").exists())
 
 
 def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):

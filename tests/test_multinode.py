@@ -13,6 +13,7 @@ so the session instance's own address discovery is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,9 @@ def cluster_run(tmp_path_factory):
                 child.wait()
             returncode = None
         finally:
-            try:  # anything the cluster left behind is still in the child's process group
+            # anything the cluster left behind is still in the child's process group
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             if address_before is None:
                 address_file.unlink(missing_ok=True)
             else:

@@ -1,6 +1,6 @@
 """Offline batch prediction of a folder with Ray Data and an actor pool (no Serve app running)."""
 
-from raycv.data.synth import open_dataset
+from raycv.synth import open_dataset
 from raycv.inference import predict_folder
 from raycv.tasks import get_task
 

@@ -28,7 +28,8 @@ def test_clutter_windows_hold_all_of_its_coverage():
         start, end = rng.uniform(-5, size + 5, 2), rng.uniform(-5, size + 5, 2)
         width, radius = rng.uniform(0.6, 3.0), rng.uniform(0.6, 12.0)
         reach = width / 2 + 0.5
-        segment_window = procedural.covering_window(size, np.minimum(start, end) - reach, np.maximum(start, end) + reach)
+        segment_window = procedural.covering_window(size, np.minimum(start, end) - reach,
+                                                    np.maximum(start, end) + reach)
         disc_window = procedural.covering_window(size, start - radius - 0.5, start + radius + 0.5)
         for full, window, windowed in [
             (procedural.segment_alpha(size, start, end, width), segment_window,
@@ -64,7 +65,8 @@ def test_masks_boxes_and_rle_agree_with_each_other():
             rle = {**annotation["segmentation"], "counts": annotation["segmentation"]["counts"].encode()}
             assert np.array_equal(mask_utils.decode(rle).astype(bool), visible)
             rows_, cols = np.nonzero(visible)
-            assert annotation["bbox"] == [cols.min(), rows_.min(), cols.max() + 1 - cols.min(), rows_.max() + 1 - rows_.min()]
+            assert annotation["bbox"] == [cols.min(), rows_.min(), cols.max() + 1 - cols.min(),
+                                          rows_.max() + 1 - rows_.min()]
             assert annotation["area"] == visible.sum() and 1 <= annotation["category_id"] <= 4
 
 
@@ -85,8 +87,8 @@ def test_decode_resizes_images_masks_and_boxes_together():
     batch = {key: np.array([row[key] for row in rows], dtype=object) for key in rows[0]}
     decoded = decode_scenes(batch, {**meta, "image_size": [64, 64]})
     assert decoded["image"].shape == (4, 64, 64, 3) and decoded["semantic"].shape == (4, 64, 64)
-    for semantic, boxes, labels in zip(decoded["semantic"], decoded["boxes"], decoded["labels"]):
-        for box, label in zip(boxes, labels):
+    for semantic, boxes, labels in zip(decoded["semantic"], decoded["boxes"], decoded["labels"], strict=False):
+        for box, label in zip(boxes, labels, strict=False):
             if label < 0:
                 assert (box == -1).all()
                 continue
@@ -100,7 +102,8 @@ def test_coco_on_disk_reads_back_as_the_same_rows(ray_session, tmp_path):
     meta = validate_params(params)
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
-        document = coco.coco_document([{"id": i, **row} for i, row in enumerate(rows)], meta["classes"], meta["image_size"])
+        document = coco.coco_document([{"id": i, **row} for i, row in enumerate(rows)], meta["classes"],
+                                      meta["image_size"])
         for image in document["images"]:
             (tmp_path / split / image["file_name"]).write_bytes(rows[image["id"]]["image"])
         (tmp_path / "annotations").mkdir(exist_ok=True)
@@ -108,7 +111,7 @@ def test_coco_on_disk_reads_back_as_the_same_rows(ray_session, tmp_path):
     splits, read_meta = coco.read_coco(str(tmp_path))
     assert read_meta["classes"] == meta["classes"] and read_meta["image_size"] == [128, 128]
     read_rows = sorted(splits["val"].take_all(), key=lambda row: row["id"])
-    for original, read in zip(rows, read_rows):
+    for original, read in zip(rows, read_rows, strict=False):
         assert np.array_equal(decode_image(read["mask"], mode="L"), decode_image(original["mask"], mode="L"))
         assert decode_image(read["image"]).tobytes() == decode_image(original["image"]).tobytes()
 

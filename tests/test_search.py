@@ -14,7 +14,7 @@ from raycv import checkpoint
 from raycv.cli import main
 from raycv.config import ServeOptions
 from raycv.data.faces import identity_traits
-from raycv.data.synth import sample_generator
+from raycv.synth import sample_generator
 from raycv.errors import RaycvError
 from raycv.index import EmbeddingIndex, faiss_module
 from raycv.tasks import get_task
@@ -132,7 +132,8 @@ def test_retrieval_metrics_on_a_known_layout():
 
 def decoded(split: str, count: int) -> dict[str, torch.Tensor]:
     rows = [sample(split, i) for i in range(count)]
-    batch = {"image": np.array([row["image"] for row in rows], dtype=object), "label": np.array([r["label"] for r in rows])}
+    batch = {"image": np.array([row["image"] for row in rows], dtype=object),
+             "label": np.array([r["label"] for r in rows])}
     return {key: torch.from_numpy(value) for key, value in TASK.decode(batch, TASK.dataset_meta(PARAMS)).items()}
 
 
@@ -188,7 +189,8 @@ def test_head_option_and_softmax_baseline_builds():
     book = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "pooled_size": 1}), TASK.dataset_meta(PARAMS))
     assert book.eval()(images).shape == (4, 512) and model(torch.rand(2, 3, 48, 48)).shape == (2, 512)
     # a stride-2 stem reads 64-px photos at the cost of 32-px ones: its stages see 32x32 maps
-    strided = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "stem_stride": 2}), TASK.dataset_meta(PARAMS))
+    strided = TASK.build_model(cfg.replace(width=0.125, extra={**cfg.extra, "stem_stride": 2}),
+                               TASK.dataset_meta(PARAMS))
     stages_input = []
     strided.net.backbone[0].stages.register_forward_pre_hook(lambda _, args: stages_input.append(args[0].shape))
     assert strided.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 512) and stages_input[0][-2:] == (32, 32)
@@ -251,7 +253,7 @@ def test_pairs_demo_and_local_query(tiny_checkpoint, val_pngs, tmp_path, capsys)
 
 
 def test_gallery_verb_embeds_a_dataset_with_an_actor_pool(ray_session, tiny_checkpoint, workdir, tmp_path):
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
 
     data = str(workdir / "search-data")
     synthesize(TASK, data, {"train": 0, "val": 96}, seed=0, params=PARAMS)
@@ -263,7 +265,7 @@ def test_gallery_verb_embeds_a_dataset_with_an_actor_pool(ray_session, tiny_chec
 
 
 def test_compare_heads_trains_both_heads_on_the_same_data_and_reports_both(ray_session, workdir, tmp_path, capsys):
-    from raycv.data.synth import synthesize
+    from raycv.synth import synthesize
 
     data = str(workdir / "search-heads-data")
     synthesize(TASK, data, {"train": 192, "val": 48}, seed=0, params={**PARAMS, "image_size": 32})
@@ -272,13 +274,15 @@ def test_compare_heads_trains_both_heads_on_the_same_data_and_reports_both(ray_s
                  "--stem-stride", "1", "--embedding-dim", "64"])
     out = capsys.readouterr().out
     assert code == 0
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["cosface"], ["softmax"])}
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split()[:1] in (["cosface"], ["softmax"])}
     assert set(rows) == {"cosface", "softmax"}, out
     for head, cells in rows.items():
         recall_at_1, recall_at_5 = float(cells[3]), float(cells[4])
         assert 0 < recall_at_1 <= recall_at_5 <= 1, cells
         best = checkpoint.read_meta(cells[-1])
-        assert cells[-1].startswith(str(tmp_path / "search" / f"duel-{head}")) and best["config"]["extra"]["head"] == head
+        assert (cells[-1].startswith(str(tmp_path / "search" / f"duel-{head}"))
+                and best["config"]["extra"]["head"] == head)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +326,8 @@ def test_serve_index_query_remove_on_a_persisted_gallery(search_server, val_pngs
     for case, (address, kwargs, message) in bad.items():
         response = httpx.post(address, timeout=60, **kwargs)
         assert response.status_code == 422 and message in response.json()["detail"], (case, response.text)
-    assert httpx.post(f"{url}/v1/search/index?id=e", content=b"not an image", headers=png, timeout=60).status_code == 400
+    assert httpx.post(f"{url}/v1/search/index?id=e", content=b"not an image", headers=png,
+                      timeout=60).status_code == 400
     removed = httpx.post(f"{url}/v1/search/remove?id=a", timeout=60)
     assert removed.json() == {"removed": 1, "size": 3}
     models = httpx.get(f"{url}/v1/models").json()

@@ -16,7 +16,7 @@ from conftest import served
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.data.synth import open_dataset, sample_generator, synthesize
+from raycv.synth import open_dataset, sample_generator, synthesize
 from raycv.errors import RaycvError
 from raycv.inference import evaluate_checkpoint, predict
 from raycv.models.unet import UNet

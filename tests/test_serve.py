@@ -17,7 +17,7 @@ from conftest import free_port, png_bytes
 from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.config import ServeOptions
-from raycv.data.synth import open_dataset
+from raycv.synth import open_dataset
 from raycv.inference import predict
 from raycv.tasks import get_task
 
@@ -90,7 +90,8 @@ BAD_REQUESTS = {
     "unsupported type": (dict(content=b"hello", headers={"content-type": "text/plain"}), 415),
     "no content type": (dict(content=b"hello"), 415),
     "body over limit": (dict(content=b"\0" * (1024 * 1024 + 10), headers={"content-type": "image/png"}), 413),
-    "too many pixels": (dict(content=png_bytes(np.zeros((600, 600, 3), np.uint8)), headers={"content-type": "image/png"}), 413),
+    "too many pixels": (dict(content=png_bytes(np.zeros((600, 600, 3), np.uint8)),
+                             headers={"content-type": "image/png"}), 413),
     "missing json field": (dict(json={"pictures": []}), 422),
     "empty image list": (dict(json={"images": []}), 422),
     "missing form field": (dict(files={"photo": ("x.png", b"1", "image/png")}), 422),

@@ -17,7 +17,7 @@ from conftest import png_bytes, served, train_steps
 from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.data import pixels
-from raycv.data.synth import synthesize
+from raycv.synth import synthesize
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
@@ -152,7 +152,8 @@ def test_fit_reports_psnr_beside_bicubic_and_eval_photos_prints_the_table(superr
     assert row["workers"] == 2
     for key in ("val_psnr", "val_psnr_bicubic", "val_ssim", "val_ssim_bicubic", "val_psnr_gain"):
         assert key in row
-    assert 20 < row["val_psnr_bicubic"] < 40 and abs(row["val_psnr"] - row["val_psnr_bicubic"] - row["val_psnr_gain"]) < 1e-6
+    assert (20 < row["val_psnr_bicubic"] < 40
+            and abs(row["val_psnr"] - row["val_psnr_bicubic"] - row["val_psnr_gain"]) < 1e-6)
     out = folder / "photos"
     assert main(["superres", "eval-photos", "--checkpoint", result.best_checkpoint, "--photos", "coins,china",
                  "--out", str(out)]) == 0
@@ -178,4 +179,5 @@ def test_upscale_route_answers_a_png_twice_the_size(superres_run):
         assert (answer["width"], answer["height"], answer["scale"]) == (70, 42, 2)
         bad_query = httpx.post(f"{url}/upscale", params={"scale": "3"}, **png)
         assert bad_query.status_code == 422 and "no query parameters" in bad_query.json()["detail"]
-        assert httpx.post(f"{url}/upscale", content=b"not an image", headers={"content-type": "image/png"}).status_code == 400
+        assert httpx.post(f"{url}/upscale", content=b"not an image",
+                          headers={"content-type": "image/png"}).status_code == 400

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from raycv import storage
-from raycv.data.synth import MANIFEST, block_bounds, open_dataset, synthesize
+from raycv.synth import MANIFEST, block_bounds, open_dataset, synthesize
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
 
@@ -27,7 +27,7 @@ def synthesis_task_spans(since: float) -> list[tuple[float, float]]:
 def test_blocks_cover_every_sample_once_and_shrink_towards_the_end(count, workers):
     sizes = np.diff(block_bounds(count, workers, max_block=512))
     assert sizes.sum() == count and sizes.min() >= 1 and sizes.max() <= 512
-    assert all(later <= earlier for earlier, later in zip(sizes, sizes[1:])), sizes
+    assert all(later <= earlier for earlier, later in zip(sizes, sizes[1:], strict=False)), sizes
     if workers > 1 and count >= 64 * workers * 4:
         # the last block of each worker is small, so none waits long for the last to finish
         assert sizes[-workers:].max() <= 64 and len(sizes) <= 10 * workers, sizes
@@ -44,17 +44,17 @@ def test_same_seed_same_bytes_with_one_or_two_workers(ray_session, tmp_path):
     while len(spans := synthesis_task_spans(started)) < files and time.time() < deadline:
         time.sleep(0.5)
     assert files >= 4 and len(spans) == files
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False)), spans
     two = synthesize(task, str(tmp_path / "two"), {"train": 300}, seed=3, workers=2, batch_size=32)
     assert one["splits"] == two["splits"] == {"train": 300}
     a, b = rows_by_id(str(tmp_path / "one")), rows_by_id(str(tmp_path / "two"))
     assert list(a["id"]) == list(range(300))
     assert list(a["label"]) == list(b["label"])
-    assert all(x == y for x, y in zip(a["image"], b["image"]))
+    assert all(x == y for x, y in zip(a["image"], b["image"], strict=False))
     # another seed really gives other images
     synthesize(task, str(tmp_path / "other"), {"train": 300}, seed=4, workers=2)
     c = rows_by_id(str(tmp_path / "other"))
-    assert sum(x != y for x, y in zip(a["image"], c["image"])) > 290
+    assert sum(x != y for x, y in zip(a["image"], c["image"], strict=False)) > 290
 
 
 def test_dataset_is_complete_and_labelled(classify_data):

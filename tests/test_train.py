@@ -30,8 +30,10 @@ def test_two_worker_ddp_loss_falls(ddp_run):
 def test_run_artefacts(ddp_run):
     files = set(os.listdir(ddp_run.run_dir))
     assert {"config.json", "metrics.csv", "curves.png", "tensorboard", "best"} <= files
-    assert len(open(os.path.join(ddp_run.run_dir, "metrics.csv")).read().splitlines()) == 5
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(ddp_run.run_dir, "tensorboard")))
+    with open(os.path.join(ddp_run.run_dir, "metrics.csv")) as file:
+        assert len(file.read().splitlines()) == 5
+    assert any(name.startswith("events.out.tfevents")
+               for name in os.listdir(os.path.join(ddp_run.run_dir, "tensorboard")))
     # best-k: keep_checkpoints=2 (the latest is kept too, for resuming)
     assert 2 <= sum(name.startswith("checkpoint_") for name in files) <= 3
 

@@ -47,9 +47,11 @@ def write_split_annotations(dataset_dir: str, split: str, meta: dict[str, Any]) 
     # Read in the driver with pyarrow: the document is assembled here anyway, and a Ray Data read of two
     # small columns cost 2 s of job start-up per 800 scenes, a serial step after the parallel synthesis.
     filesystem, folder = storage.resolve(storage.join(dataset_dir, split))
-    rows = pads.dataset(folder, filesystem=filesystem, format="parquet").to_table(columns=["id", "annotations"]).to_pylist()
+    rows = pads.dataset(folder, filesystem=filesystem, format="parquet").to_table(
+        columns=["id", "annotations"]).to_pylist()
     path = storage.join(dataset_dir, "annotations", f"{split}.json")
-    storage.write_json(path, coco_document(sorted(rows, key=lambda row: row["id"]), meta["classes"], meta["image_size"]))
+    storage.write_json(path, coco_document(sorted(rows, key=lambda row: row["id"]), meta["classes"],
+                                           meta["image_size"]))
     return path
 
 
@@ -99,10 +101,11 @@ def instance_map(annotations: list[dict[str, Any]], height: int, width: int) -> 
 
 def _load_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     images, masks = [], []
-    for path, annotations, height, width in zip(batch["path"], batch["annotations"], batch["height"], batch["width"]):
+    for path, annotations_json, height, width in zip(batch["path"], batch["annotations"], batch["height"],
+                                                     batch["width"], strict=False):
         with open(path, "rb") as file:
             images.append(file.read())
-        masks.append(encode_png(instance_map(json.loads(annotations), int(height), int(width))))
+        masks.append(encode_png(instance_map(json.loads(annotations_json), int(height), int(width))))
     return {"id": batch["id"], "image": np.array(images, dtype=object), "mask": np.array(masks, dtype=object),
             "annotations": batch["annotations"]}
 

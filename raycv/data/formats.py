@@ -92,7 +92,7 @@ def read_cifar10(path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]
         if not files:
             raise RaycvError(f"CIFAR-10 folder {path} has no {split} batch files "
                              f"(expected {', '.join(CIFAR10_TRAIN) if split == 'train' else CIFAR10_TEST})")
-        images, labels = zip(*(_cifar_batch(storage.join(path, f)) for f in files))
+        images, labels = zip(*(_cifar_batch(storage.join(path, f)) for f in files), strict=False)
         images, labels = np.concatenate(images), np.concatenate(labels)
         if labels.min() < 0 or labels.max() >= len(classes):
             raise RaycvError(f"CIFAR-10 folder {path}: labels outside 0..{len(classes) - 1}")
@@ -108,11 +108,12 @@ def read_image_folder(path: str, image_size: int = 32,
     With `open_set`, val may hold classes train lacks (identities never seen in training, on which
     retrieval is measured): they are numbered after train's, and meta["val_classes"] names them."""
     split_dirs = {"train": "train", "val": "val" if storage.exists(storage.join(path, "val")) else "test"}
-    for split, name in split_dirs.items():
+    for _, name in split_dirs.items():
         if not storage.is_dir(storage.join(path, name)):
             raise RaycvError(f"image folder {path} has no {name}/ subfolder (expected {path}/train/<class>/*.png "
                              f"and {path}/val/<class>/*.png)")
-    classes = [c for c in storage.list_dir(storage.join(path, "train")) if storage.is_dir(storage.join(path, "train", c))]
+    classes = [c for c in storage.list_dir(storage.join(path, "train"))
+               if storage.is_dir(storage.join(path, "train", c))]
     if not classes:
         raise RaycvError(f"image folder {path}/train has no class subfolders")
     class_index = {name: index for index, name in enumerate(classes)}

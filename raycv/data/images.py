@@ -58,3 +58,16 @@ def to_model_input(images):
     if images.dtype != torch.uint8:
         return images
     return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+# Per-channel statistics of natural images (CIFAR-10's): the normalisation of raycv's own networks,
+# close enough for its procedural sets too.
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def resize_all(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Images of any sizes as one uint8 NHWC batch of (height, width), bilinear where a size differs."""
+    height, width = size
+    return np.stack([image if image.shape[:2] == (height, width)
+                     else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+                     for image in images])

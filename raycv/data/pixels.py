@@ -361,11 +361,12 @@ def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
             if sklearn_images is None:
                 samples = load_sample_images()
                 sklearn_images = {os.path.splitext(os.path.basename(path))[0]: image
-                                  for path, image in zip(samples.filenames, samples.images)}
+                                  for path, image in zip(samples.filenames, samples.images, strict=False)}
             image = sklearn_images[name]
         else:
             image = getattr(skimage.data, name)()
-        photos[name] = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3])
+        photos[name] = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2
+                                            else image[..., :3])
     return photos
 
 
@@ -399,7 +400,8 @@ def no_query(route: str, hint: str = "") -> Callable[[dict], dict]:
 
 def add_photo_arguments(parser, checkpoint_help: str, repeat_checkpoint: bool = False) -> None:
     """The flags of every `eval-photos` verb: the checkpoint(s), a subset of the photos, an output folder."""
-    parser.add_argument("--checkpoint", required=True, help=checkpoint_help, action="append" if repeat_checkpoint else "store")
+    parser.add_argument("--checkpoint", required=True, help=checkpoint_help,
+                        action="append" if repeat_checkpoint else "store")
     parser.add_argument("--photos", default="", help="comma-separated subset of "
                         f"{', '.join(SKIMAGE_PHOTOS + SKLEARN_PHOTOS)} (default: all)")
     parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
@@ -475,5 +477,6 @@ def grid(images: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
     canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, dtype=np.uint8)
     for index, image in enumerate(images):
         row, column = divmod(index, columns)
-        canvas[row * (height + gap):row * (height + gap) + height, column * (width + gap):column * (width + gap) + width] = image
+        canvas[row * (height + gap):row * (height + gap) + height,
+               column * (width + gap):column * (width + gap) + width] = image
     return canvas

@@ -271,14 +271,15 @@ def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[st
     images, semantics = [], []
     boxes = np.full((len(batch["image"]), slots, 4), -1.0, dtype=np.float32)
     labels = np.full((len(batch["image"]), slots), -1, dtype=np.int64)
-    for row, (image_bytes, mask_bytes, annotations) in enumerate(zip(batch["image"], batch["mask"], batch["annotations"])):
+    for row, (image_bytes, mask_bytes, annotations_json) in enumerate(zip(batch["image"], batch["mask"],
+                                                                          batch["annotations"], strict=False)):
         image = Image.fromarray(decode_image(image_bytes))
         instances = Image.fromarray(decode_image(mask_bytes, mode="L"))
         scale_x, scale_y = side / image.width, side / image.height
         if image.size != (side, side):
             image = image.resize((side, side), Image.BILINEAR)
             instances = instances.resize((side, side), Image.NEAREST)
-        objects = json.loads(annotations)
+        objects = json.loads(annotations_json)
         classes = np.zeros(len(objects) + 1, dtype=np.uint8)
         for index, annotation in enumerate(objects):
             x, y, w, h = annotation["bbox"]

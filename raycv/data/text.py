@@ -17,7 +17,8 @@ import random
 import string
 import threading
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -52,7 +53,8 @@ def check_text(text: str, alphabet: str, where: str, max_length: int | None = No
     return text
 
 
-def encode_texts(texts: Iterable[str], alphabet: str, max_length: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(texts: Iterable[str], alphabet: str, max_length: int,
+                 offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Texts to (N, max_length) int64 character indices (+ `offset`; CTC reserves 0 for its blank),
     padded with 0, and their (N,) lengths."""
     index = {char: position + offset for position, char in enumerate(alphabet)}
@@ -68,7 +70,7 @@ def encode_texts(texts: Iterable[str], alphabet: str, max_length: int, offset: i
 
 def text_answer(chars: Iterable[str], confidences: Iterable[float]) -> dict[str, Any]:
     """The JSON answer of every text task: the string and each character with its confidence."""
-    characters = [{"char": char, "confidence": round(float(p), 4)} for char, p in zip(chars, confidences)]
+    characters = [{"char": char, "confidence": round(float(p), 4)} for char, p in zip(chars, confidences, strict=False)]
     return {"text": "".join(c["char"] for c in characters), "characters": characters}
 
 
@@ -191,7 +193,7 @@ def render_street_number(rng: np.random.Generator, text: str, height: int = 48) 
         image = cv2.GaussianBlur(image, (0, 0), sigma)
     image = to_uint8(add_gaussian_noise(rng, image, rng.uniform(0.0, 0.04)))
     boxes = []
-    for char, quad in zip(text, warped):
+    for char, quad in zip(text, warped, strict=False):
         x1, y1 = np.clip(quad.min(axis=0), 0, [width, height])
         x2, y2 = np.clip(quad.max(axis=0), 0, [width, height])
         boxes.append(svhn_box(x1, y1, x2 - x1, y2 - y1, char))
@@ -241,7 +243,8 @@ def svhn_record(record: Any, image_size: tuple[int, int], alphabet: str, where: 
             left, top, box_width, box_height = (float(box[key]) for key in ("left", "top", "width", "height"))
             label = _box_label(box["label"])
         except (KeyError, TypeError, ValueError):
-            raise RaycvError(f"{where}: box {index} {box!r} needs numeric left, top, width, height and a label") from None
+            raise RaycvError(f"{where}: box {index} {box!r} needs numeric left, top, width, height "
+                             "and a label") from None
         if left < 0 or top < 0 or box_width <= 0 or box_height <= 0 or left + box_width > width + 0.5 \
                 or top + box_height > height + 0.5:
             raise RaycvError(f"{where}: box {index} (left={left:g}, top={top:g}, width={box_width:g}, "
@@ -303,7 +306,8 @@ def read_svhn_folder(path: str, alphabet: str) -> dict[str, list[dict[str, Any]]
     val = "val" if storage.is_dir(storage.join(path, "val")) else "test"
     if not storage.is_dir(storage.join(path, val)):
         raise RaycvError(f"SVHN-style folder {path} has no val/ (or test/) split")
-    return {split: read_svhn_split(storage.join(path, name), alphabet) for split, name in (("train", "train"), ("val", val))}
+    return {split: read_svhn_split(storage.join(path, name), alphabet)
+            for split, name in (("train", "train"), ("val", val))}
 
 
 def write_svhn_split(folder: str, samples: Iterable[tuple[str, bytes, list[dict]]]) -> None:

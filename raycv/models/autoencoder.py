@@ -48,7 +48,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [max(8, int(w * width)) for w in (256, 128, 64, 64)]
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[0], 3, padding=1), nn.ReLU(inplace=True)]
-        for inner, outer in zip(widths, widths[1:]):
+        for inner, outer in zip(widths, widths[1:], strict=False):
             layers += [ResidualBlock(inner), nn.Conv2d(inner, outer * 4, 3, padding=1), nn.PixelShuffle(2),
                        nn.ReLU(inplace=True)]
         layers += [ResidualBlock(widths[-1]), nn.Conv2d(widths[-1], 3, 3, padding=1)]
@@ -81,7 +81,8 @@ class QuantizedAutoencoder(nn.Module):
     @torch.no_grad()
     def count_symbols(self, symbols: torch.Tensor) -> None:
         indices = (symbols.detach().round().long() + self.half_range).transpose(0, 1).flatten(1)  # C, N*h*w
-        histogram = torch.zeros_like(self.symbol_counts).scatter_add_(1, indices, torch.ones_like(indices, dtype=torch.float))
+        histogram = torch.zeros_like(self.symbol_counts).scatter_add_(1, indices,
+                                                                      torch.ones_like(indices, dtype=torch.float))
         share = histogram / histogram.sum(dim=1, keepdim=True)
         # A floor keeps every symbol codable, however rare it has become.
         self.symbol_counts.mul_(HISTOGRAM_DECAY).add_((1 - HISTOGRAM_DECAY) * share).clamp_(min=1e-4)
@@ -102,7 +103,8 @@ class PatchDiscriminator(nn.Module):
         blocks, channels = [], 3
         for index in range(layers):
             out = max(8, int(64 * width * 2 ** index))
-            blocks.append(nn.Sequential(nn.Conv2d(channels, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)))
+            blocks.append(nn.Sequential(nn.Conv2d(channels, out, 4, stride=2, padding=1),
+                                        nn.LeakyReLU(0.2, inplace=True)))
             channels = out
         self.blocks = nn.ModuleList(blocks)
         self.logit = nn.Conv2d(channels, 1, 3, padding=1)
@@ -134,7 +136,7 @@ def adversarial_terms(discriminator: nn.Module, real: torch.Tensor, fake: torch.
     fake_logits, _ = discriminator(fake.detach())
     frozen_logits, frozen_features = frozen_call(discriminator, fake)
     matching = torch.stack([nn.functional.l1_loss(fake_feature, real_feature.detach())
-                            for fake_feature, real_feature in zip(frozen_features, real_features)]).mean()
+                            for fake_feature, real_feature in zip(frozen_features, real_features, strict=False)]).mean()
     return {"discriminator": nn.functional.softplus(-real_logits).mean() + nn.functional.softplus(fake_logits).mean(),
             "adversarial": nn.functional.softplus(-frozen_logits).mean(), "feature_matching": matching}
 

@@ -55,7 +55,7 @@ class CifarResNet(nn.Module):
         )
         stages = []
         channels = widths[0]
-        for index, (count, out) in enumerate(zip(blocks, widths)):
+        for index, (count, out) in enumerate(zip(blocks, widths, strict=False)):
             stride = 1 if index == 0 else 2
             stage = []
             for block_index in range(count):

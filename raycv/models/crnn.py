@@ -20,7 +20,7 @@ def conv_stack(width: float = 1.0, in_channels: int = 3) -> tuple[nn.Sequential,
     """The width-scaled conv stack and its output channels; maps (N, C, H, W) to (N, C', H/16, W/4)."""
     layers: list[nn.Module] = []
     channels = in_channels
-    for base, pool in zip(CONV_CHANNELS, CONV_POOLS):
+    for base, pool in zip(CONV_CHANNELS, CONV_POOLS, strict=False):
         out = max(8, int(base * width))
         layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         if pool is not None:

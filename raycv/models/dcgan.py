@@ -41,8 +41,9 @@ class Generator(nn.Module):
         widths = [base * 8, base * 4, base * 2, base]
         layers: list[nn.Module] = [nn.ConvTranspose2d(NOISE_DIM, widths[0], 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
-        for inner, outer in zip(widths, widths[1:]):
-            layers += [nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False), nn.BatchNorm2d(outer), nn.ReLU(inplace=True)]
+        for inner, outer in zip(widths, widths[1:], strict=False):
+            layers += [nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False), nn.BatchNorm2d(outer),
+                       nn.ReLU(inplace=True)]
         layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1, bias=False), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 

@@ -1,54 +1,22 @@
-"""The Task interface: everything train, tune, compress and serve need to know about a task.
+"""The Task interface: everything synth, train, tune, compress and serve need to know about a task.
 
-A task is a module exposing one object with these plain methods. The generic machinery (train.py,
-data/synth.py, serve.py, ...) only ever calls them, so adding a task is adding a module.
+A task is a module exposing one object, `TASK`, an instance of a `Task` subclass. The generic machinery
+(synth.py, train.py, tune.py, compress.py, serve.py, inference.py) only ever calls the methods and reads
+the attributes declared here, so adding a task is adding a module. Every optional hook is declared once
+below with its typed default; a subclass overrides what it needs. The hooks every task must write are
+abstract, so a task that misses (or misspells) one fails when it is instantiated, not mid-run.
 
 Data conventions. Stored rows (Parquet) hold images as PNG bytes plus label columns. `decode` turns a
 batch of stored rows into numpy arrays (images as uint8 NHWC); it runs inside Ray Data. Training and
 evaluation receive those arrays as torch tensors already on the worker's device.
-
-Optional extras, each a plain dict on the task object that the generic machinery reads with
-getattr(task, ..., {}) and knows nothing else about:
-
-- `cli_verbs = {"VERB": (add_arguments, run)}`: `raycv TASK VERB` for this task only. cli.py calls
-  `add_arguments(subparser)` to declare the flags and `run(args) -> exit status` to run it; the first
-  line of run's docstring is the verb's --help. Example: `raycv segment danmu`.
-- `routes = {"ROUTE": (parse_query, respond)}`: POST /v1/TASK/ROUTE on the Serve app. serve.py calls
-  `parse_query({name: [values, ...]})` with the query parameters and answers 422 with the message of
-  a RaycvError it raises, before any model work; then it decodes and validates the one request image
-  exactly as /predict does (same 4xx), runs it through the same batched prediction, and answers
-  `respond(image, answer, **options)`: JSON for a JSON-able value, image/png for bytes (a RaycvError
-  here is a 422 too). `answer` is the task's postprocess output for the image. Example:
-  /v1/segment/danmu?text=hello.
-- `state_routes = {"ROUTE": StateRoute(parse_query, respond, images=True)}` with a method
-  `open_route_state(folder, checkpoint_meta) -> state`: POST /v1/TASK/ROUTE on state the Serve app keeps
-  for the task (search: the gallery index). The state lives in one extra Serve deployment with a single
-  replica, so every model replica sees the same state and changes apply one at a time; serve.py opens
-  it with the folder ServeOptions.state_dir (default: serve_state/ in the checkpoint's run folder) and
-  the checkpoint's meta.json, and the state persists itself there. A request's query goes through
-  `parse_query` as for `routes`; with `images=True` its images (one or more, sent as for /predict) run
-  through the batched model; then `respond(state, answers, **options)` runs in the state replica and
-  its JSON-able result is the response. A RaycvError from either function is a 422 with its message.
-  Example: /v1/search/index?id=alice, /v1/search/query?k=5.
-- `train_options = {"NAME": (default, help)}`: training options of this task alone. cli.py adds
-  `--NAME` to `train` and `tune` (typed like the default) and stores a given value in
-  `TrainConfig.extra[NAME]`; the task reads `cfg.extra.get(NAME, default)`. Example: `--head softmax`.
-- `synth_sizes = {"train": N, "val": N}`: the split sizes `raycv TASK synth` makes by default, those the
-  task's default config is sized and measured with (20,000 / 2,000 where a task gives none).
-- `split_params(split, params, seed) -> params`: the generator parameters for one split of a dataset
-  synthesized with `seed` (search: training and validation splits get disjoint identities).
-- `ddp_options = {"find_unused_parameters": True}`: keyword arguments for DistributedDataParallel
-  (through ray.train.torch.prepare_model). dcgan uses it: its steps alternate between two players, so
-  half of the parameters get no gradient on any one step.
-- `image_mode = "RGBA"` (a plain string, default "RGB"): the PIL mode request images and image files
-  are decoded in for this task's preprocess, by serve.py and inference.py alike. inpaint uses it: the
-  alpha channel carries the mask (transparent = the hole to fill), one file and one request per image.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import ray.data
@@ -56,63 +24,144 @@ import torch
 from torch import nn
 
 from raycv.config import TrainConfig
+from raycv.data.images import resize_all, to_model_input
+from raycv.errors import RaycvError
+from raycv.tasks.cards import TaskCard
 
 Batch = dict[str, torch.Tensor]
+# A route's parse_query({name: [values, ...]}) -> options, called before any model work (a RaycvError
+# it raises is a 422); respond(image, answer, **options) -> JSON-able value or PNG bytes.
+Route = tuple[Callable[[dict[str, list[str]]], dict[str, Any]], Callable[..., Any]]
 
 
 @dataclass(frozen=True)
 class StateRoute:
-    """A Serve route on the task's serve state (see `state_routes` above)."""
+    """A Serve route on the task's serve state (see `Task.state_routes`)."""
 
     parse_query: Callable[[dict[str, list[str]]], dict[str, Any]]
     respond: Callable[..., Any]  # respond(state, answers, **options), in the state replica
     images: bool = True  # the request carries images, run through the model before respond
 
 
-def with_task_options(task: "Task", cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with every one of the task's train_options in `extra`, defaults filled in: what a run records,
-    so its checkpoints still say how they were built after a default changes."""
-    defaults = {name: default for name, (default, _) in getattr(task, "train_options", {}).items()}
-    return cfg.replace(extra={**defaults, **cfg.extra})
+class Task(ABC):
+    card: ClassVar[TaskCard]  # name, default config, model names, task options, synth sizes (tasks/cards.py)
+    metric: ClassVar[str]  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
+    metric_mode: ClassVar[str] = "max"  # or "min"
+    synth_defaults: ClassVar[dict[str, Any]] = {}  # generator parameters `raycv TASK synth` accepts
 
+    # The PIL mode request images and image files are decoded in for `preprocess`, by serve.py and
+    # inference.py alike. inpaint uses "RGBA": the alpha channel carries the mask (transparent = the
+    # hole to fill), one file and one request per image.
+    image_mode: ClassVar[str] = "RGB"
 
-class Task(Protocol):
-    name: str
-    metric: str  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
-    metric_mode: str  # "max" or "min"
-    synth_defaults: dict[str, Any]  # generator parameters `raycv TASK synth` accepts
-    model_names: tuple[str, ...]  # what --model accepts
+    # POST /v1/TASK/ROUTE on the Serve app. serve.py calls parse_query with the query parameters, then
+    # decodes and validates the one request image exactly as /predict does (same 4xx), runs it through
+    # the same batched prediction, and answers respond(image, answer, **options): JSON for a JSON-able
+    # value, image/png for bytes. `answer` is postprocess's output for the image. Example:
+    # /v1/segment/danmu?text=hello.
+    routes: ClassVar[dict[str, Route]] = {}
 
-    def default_config(self) -> TrainConfig: ...
+    # POST /v1/TASK/ROUTE on state the Serve app keeps for the task (search: the gallery index). The
+    # state lives in one extra Serve deployment with a single replica, so every model replica sees the
+    # same state and changes apply one at a time; serve.py opens it with `open_route_state`. A request's
+    # query goes through parse_query as for `routes`; with images=True its images run through the
+    # batched model; then respond(state, answers, **options) runs in the state replica and its JSON-able
+    # result is the response. Example: /v1/search/index?id=alice, /v1/search/query?k=5.
+    state_routes: ClassVar[dict[str, StateRoute]] = {}
 
+    # Keyword arguments for DistributedDataParallel (through ray.train.torch.prepare_model). dcgan sets
+    # find_unused_parameters: its steps alternate between two players, so half of the parameters get
+    # no gradient on any one step.
+    ddp_options: ClassVar[dict[str, Any]] = {}
+
+    # -- facts from the card ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return self.card.model_names
+
+    @property
+    def train_options(self) -> dict[str, tuple[Any, str]]:
+        return self.card.train_options
+
+    def default_config(self) -> TrainConfig:
+        return self.card.default_config()
+
+    # -- data ------------------------------------------------------------------------------------
+
+    @abstractmethod
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         """What a model needs to know about a synthesized dataset (class names, image size)."""
 
+    @abstractmethod
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
-        """One stored row, drawn only from `rng` (seeded per sample by the driver)."""
+        """One stored row, drawn only from `rng` (seeded per sample by the synthesis loop)."""
 
-    # Optional: `export_split(dataset_dir, split, meta)` writes extra files for a split just written as
-    # Parquet (scene tasks write its COCO JSON).
+    def split_params(self, split: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """The generator parameters for one split of a dataset synthesized with `seed` (search gives
+        training and validation disjoint identities)."""
+        return params
+
+    def export_split(self, dataset_dir: str, split: str, meta: dict[str, Any]) -> None:
+        """Extra files for a split just written as Parquet (scene tasks write its COCO JSON)."""
 
     def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        """Real data in the task's standard formats: splits of stored rows, and the dataset meta."""
+        """Real data in the task's standard formats: splits of stored rows, and the dataset meta. Tasks
+        that learn from photographs without labels make their datasets with synth from a folder."""
+        raise RaycvError(f"{path} is not a raycv {self.name} dataset (no manifest.json); make one from a folder "
+                         f"of photos with `raycv {self.name} synth --out DIR --param images_dir={path}`")
 
+    @abstractmethod
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]: ...
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module: ...
+    # -- model -----------------------------------------------------------------------------------
+
+    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        if cfg.model not in self.model_names:
+            raise RaycvError(f"unknown model {cfg.model!r} for task {self.name}; "
+                             f"valid models: {', '.join(self.model_names)}")
+        return self.make_network(cfg, meta)
+
+    @abstractmethod
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        """The network for `cfg.model`, a name build_model has already checked."""
 
     def augment(self, batch: Batch, cfg: TrainConfig) -> Batch:
         """Training-time augmentation on the device, batched."""
+        return batch
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: Batch, cfg: TrainConfig) -> torch.Tensor: ...
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, batches: Iterable[Batch], meta: dict[str, Any]) -> dict[str, float]:
         """Task metrics over `batches`. Uses torchmetrics, whose compute() also reduces across DDP
         workers, so each worker may pass only its shard."""
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        """Decoded request images (uint8 HWC RGB) to one model input batch."""
+    # -- serving ---------------------------------------------------------------------------------
 
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[Any]:
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        """Decoded request images (uint8 HWC) to one model input batch: by default each resized to the
+        dataset's image size."""
+        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
+
+    @abstractmethod
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[Any]:
         """Model outputs to one JSON-able answer per image; `sizes` are the request images' (height,
         width), so boxes and masks can be given in the caller's pixels."""
+
+    def open_route_state(self, folder: str, checkpoint_meta: dict[str, Any]) -> Any:
+        """The state `state_routes` work on, kept in `folder` (ServeOptions.state_dir)."""
+        raise RaycvError(f"task {self.name} keeps no serve state")
+
+
+def with_task_options(task: Task, cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with every one of the task's train_options in `extra`, defaults filled in: what a run records,
+    so its checkpoints still say how they were built after a default changes."""
+    defaults = {name: default for name, (default, _) in task.train_options.items()}
+    return cfg.replace(extra={**defaults, **cfg.extra})

@@ -12,10 +12,10 @@ through a sigmoid, so every prediction is a valid box inside the image.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-import ray.data
 import torch
 import torchmetrics
 from PIL import Image
@@ -25,12 +25,13 @@ from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
 from raycv.config import TrainConfig
 from raycv.data import augment
 from raycv.data.formats import image_files
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
 from raycv.errors import RaycvError
 from raycv.models.cifar import CifarResNet
 from raycv.models.common import Normalized
-from raycv.tasks.classify import MEAN, STD, resize_all
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 CANVAS_GRAY = 128
@@ -64,16 +65,11 @@ def paste_on_canvas(rng: np.random.Generator, image: np.ndarray, max_ratio: floa
     return resized, [left / width, top / height, (left + side) / width, (top + side) / height]
 
 
-class BoxRegressionTask:
-    name = "boxreg"
+class BoxRegressionTask(Task):
+    card = CARDS["boxreg"]
     metric = "iou"
     metric_mode = "max"
     synth_defaults = {"image_size": 32, "max_ratio": 2.0, "images_dir": ""}
-    model_names = ("resnet18",)
-
-    def default_config(self) -> TrainConfig:
-        return TrainConfig(model="resnet18", width=0.5, epochs=6, batch_size=128, optimizer="adamw", lr=3e-3,
-                           weight_decay=0.05, workers=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         if not 1.0 <= float(params["max_ratio"]) <= 8.0:
@@ -85,21 +81,15 @@ class BoxRegressionTask:
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         canvas, box = paste_on_canvas(rng, pasted_image(rng, params), float(params["max_ratio"]))
-        return {"image": encode_png(canvas), **dict(zip(BOX_COLUMNS, box))}
-
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        raise RaycvError(f"{path} is not a raycv boxreg dataset (no manifest.json); make one from your own "
-                         f"images with `raycv boxreg synth --out DIR --param images_dir={path}`")
+        return {"image": encode_png(canvas), **dict(zip(BOX_COLUMNS, box, strict=False))}
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         images = [decode_image(data) for data in batch["image"]]
         boxes = np.stack([np.asarray(batch[column], dtype=np.float32) for column in BOX_COLUMNS], axis=1)
         return {"image": resize_all(images, tuple(meta["image_size"])), "box": boxes}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in self.model_names:
-            raise RaycvError(f"unknown model {cfg.model!r} for task boxreg; valid models: {', '.join(self.model_names)}")
-        return Normalized(CifarResNet((2, 2, 2, 2), num_classes=4, width=cfg.width), MEAN, STD)
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        return Normalized(CifarResNet((2, 2, 2, 2), num_classes=4, width=cfg.width), CIFAR_MEAN, CIFAR_STD)
 
     @staticmethod
     def predict_boxes(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -109,7 +99,8 @@ class BoxRegressionTask:
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         images = to_model_input(batch["image"])
         flip = augment.random_flip_mask(images)
-        mirrored = torch.stack([1 - batch["box"][:, 2], batch["box"][:, 1], 1 - batch["box"][:, 0], batch["box"][:, 3]], 1)
+        mirrored = torch.stack([1 - batch["box"][:, 2], batch["box"][:, 1],
+                                1 - batch["box"][:, 0], batch["box"][:, 3]], 1)
         return {"image": augment.flip_where(images, flip), "box": torch.where(flip[:, None], mirrored, batch["box"])}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
@@ -117,7 +108,8 @@ class BoxRegressionTask:
         return (nn.functional.l1_loss(predicted, batch["box"])
                 + generalized_box_iou_loss(predicted, batch["box"], reduction="mean"))
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         mean_iou, hit_rate, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(3))
         for batch in batches:
@@ -129,13 +121,12 @@ class BoxRegressionTask:
         return {"iou": float(mean_iou.compute()), "iou_above_0.5": float(hit_rate.compute()),
                 "loss": float(mean_loss.compute())}
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
-
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         boxes = box_convert(outputs.float().sigmoid(), "cxcywh", "xyxy")
-        return [{"box": [round(float(value) * scale, 2) for value, scale in zip(box, (width, height, width, height))]}
-                for box, (height, width) in zip(boxes, sizes)]
+        return [{"box": [round(float(value) * scale, 2)
+                         for value, scale in zip(box, (width, height, width, height), strict=False)]}
+                for box, (height, width) in zip(boxes, sizes, strict=False)]
 
 
 TASK = BoxRegressionTask()

@@ -9,7 +9,8 @@ per-character accuracy is reported too. Real data: an SVHN-style folder (see ray
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import ray.data
@@ -19,13 +20,13 @@ from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data import augment, text
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.cifar import CifarResNet
 from raycv.models.common import Normalized
 from raycv.models.crnn import PositionHeads, conv_stack
-from raycv.tasks.classify import MEAN, STD, resize_all
-from raycv.tasks.textrec import TEXT_VERBS
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 
 def resnet18_features(width: float) -> tuple[nn.Module, int]:
@@ -45,23 +46,11 @@ def model_input_size(height: int, width: int) -> list[int]:
     return [max(16, int(round(side * 0.6 / 16)) * 16) for side in (height, width)]
 
 
-class CaptchaTask:
-    name = "captcha"
+class CaptchaTask(Task):
+    card = CARDS["captcha"]
     metric = "accuracy"
     metric_mode = "max"
     synth_defaults = {"length": 4, "width": 160, "height": 60}
-    synth_sizes = {"train": 100_000, "val": 2_000}
-    model_names = tuple(BACKBONES)
-    cli_verbs = TEXT_VERBS
-
-    def default_config(self) -> TrainConfig:
-        # Sized for 15 minutes on 2 CPU cores: three epochs over 100,000 captchas (synth_sizes) at width 0.25
-        # on one worker with both cores (400-470 captchas/s; two one-core DDP workers made 282-312/s
-        # together, and half the optimizer steps). Fresh captchas beat more passes over few: 3 epochs over
-        # 110,000 read 0.9535 of held-out captchas where 4 over 80,000 read 0.9495, and 10 epochs over
-        # 20,000 at x0.5 overfit at 0.925.
-        return TrainConfig(model="convnet", width=0.25, epochs=3, batch_size=64, optimizer="adamw", lr=3e-3,
-                           weight_decay=0.05, label_smoothing=0.1, cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         length, width, height = (int(params[key]) for key in ("length", "width", "height"))
@@ -94,11 +83,9 @@ class CaptchaTask:
         labels, _ = text.encode_texts((str(t) for t in batch["text"]), meta["alphabet"], meta["length"])
         return {"image": images, "label": labels}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in BACKBONES:
-            raise RaycvError(f"unknown model {cfg.model!r} for task captcha; valid models: {', '.join(BACKBONES)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         backbone, channels = BACKBONES[cfg.model](cfg.width)
-        return Normalized(PositionHeads(backbone, channels, meta["length"], len(meta["alphabet"])), MEAN, STD)
+        return Normalized(PositionHeads(backbone, channels, meta["length"], len(meta["alphabet"])), CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         # Shifts only: a flip would turn characters into non-characters.
@@ -109,7 +96,8 @@ class CaptchaTask:
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch["label"].flatten(),
                                            label_smoothing=cfg.label_smoothing)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         string_accuracy, char_accuracy, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(3))
         for batch in batches:
@@ -122,13 +110,11 @@ class CaptchaTask:
         return {"accuracy": float(string_accuracy.compute()), "char_accuracy": float(char_accuracy.compute()),
                 "loss": float(mean_loss.compute())}
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
-
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         confidences, indices = outputs.float().softmax(dim=2).max(dim=2)
         return [text.text_answer((meta["alphabet"][i] for i in row), row_confidences)
-                for row, row_confidences in zip(indices.tolist(), confidences.tolist())]
+                for row, row_confidences in zip(indices.tolist(), confidences.tolist(), strict=False)]
 
 
 TASK = CaptchaTask()

@@ -6,47 +6,35 @@ pickle batches, or an ImageFolder tree. Models: the book's CIFAR VGG-11-BN and R
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import ray.data
 import torch
 import torchmetrics
-from PIL import Image
 from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data import augment, formats
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
-from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
 from raycv.models.common import Normalized
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 MODELS = {
     "vgg11_bn": lambda num_classes, width: VGG(num_classes=num_classes, width=width),
     "resnet18": lambda num_classes, width: CifarResNet((2, 2, 2, 2), num_classes=num_classes, width=width),
 }
-# Per-channel statistics of natural images (CIFAR-10); close enough for the procedural set too.
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def resize_all(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    height, width = size
-    return np.stack([image if image.shape[:2] == (height, width)
-                     else np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-                     for image in images])
-
-
-class ClassifyTask:
-    name = "classify"
+class ClassifyTask(Task):
+    card = CARDS["classify"]
     metric = "accuracy"
     metric_mode = "max"
     synth_defaults = {"image_size": 32}
-    model_names = tuple(MODELS)
-
-    def default_config(self) -> TrainConfig:
-        return TrainConfig(model="vgg11_bn", epochs=30, batch_size=128, lr=0.1, label_smoothing=0.1)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
@@ -64,12 +52,11 @@ class ClassifyTask:
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         # Raw-pixel formats (CIFAR) arrive as uint8 arrays, encoded ones (PNG/JPEG) as bytes.
         images = list(batch["image"]) if batch["image"].dtype == np.uint8 else [decode_image(b) for b in batch["image"]]
-        return {"image": resize_all(images, tuple(meta["image_size"])), "label": np.asarray(batch["label"], dtype=np.int64)}
+        return {"image": resize_all(images, tuple(meta["image_size"])),
+                "label": np.asarray(batch["label"], dtype=np.int64)}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task classify; valid models: {', '.join(MODELS)}")
-        return Normalized(MODELS[cfg.model](len(meta["classes"]), cfg.width), MEAN, STD)
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        return Normalized(MODELS[cfg.model](len(meta["classes"]), cfg.width), CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         images = augment.random_flip(augment.random_translate(to_model_input(batch["image"]), pad=4))
@@ -79,7 +66,8 @@ class ClassifyTask:
         logits = model(to_model_input(batch["image"]))
         return nn.functional.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         accuracy = torchmetrics.classification.MulticlassAccuracy(len(meta["classes"]), average="micro").to(device)
         mean_loss = torchmetrics.MeanMetric().to(device)
@@ -89,15 +77,13 @@ class ClassifyTask:
             mean_loss.update(nn.functional.cross_entropy(logits, batch["label"]), weight=len(logits))
         return {"accuracy": float(accuracy.compute()), "loss": float(mean_loss.compute())}
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
-
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
                     top_k: int = 5) -> list[list[dict[str, Any]]]:
         probabilities = outputs.float().softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
         return [[{"class": meta["classes"][i], "index": int(i), "probability": round(float(p), 6)}
-                 for p, i in zip(row_values, row_indices)] for row_values, row_indices in zip(values, indices)]
+                 for p, i in zip(row_values, row_indices, strict=False)]
+                for row_values, row_indices in zip(values, indices, strict=False)]
 
 
 def linear_baseline(splits: dict[str, ray.data.Dataset], meta: dict[str, Any], limit: int = 10_000) -> float:

@@ -24,10 +24,10 @@ import base64
 import io
 import os
 import struct
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-import ray.data
 import torch
 import torchmetrics
 from PIL import Image
@@ -38,19 +38,12 @@ from raycv.data import pixels
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder}
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
-TRAIN_OPTIONS = {
-    # MSE, not the book's L1: under L1 the reconstructions stayed grey (4 % of the target's chroma and
-    # 15.5 dB on dead leaves after 600 steps); MSE, whose gradient grows with the error, had learned
-    # colour by then (76 %, 19.3 dB).
-    "loss": ("mse", "reconstruction loss: mse or l1 (the book's)"),
-    "latent_channels": (16, "channels of the 1/8-resolution latent (16: a quarter symbol per pixel)"),
-    "levels": (5, "symbols per latent value, odd (5: -2..2)"),
-    "feature_matching_weight": (0.1, "aegan: weight of the discriminator feature-matching loss"),
-    "adversarial_weight": (0.01, "aegan: weight of the generator's adversarial loss"),
-}
+TRAIN_OPTIONS = CARDS["compress_ae"].train_options
 HEADER = struct.Struct(">HH")  # the latent's height and width; its channels come with the model
 
 
@@ -150,8 +143,10 @@ def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
     codecs = list(dict.fromkeys(row["codec"].split(" q")[0] for row in rows))
     for codec in codecs:
         mine = [row for row in rows if row["codec"].split(" q")[0] == codec and row["image"] != "mean"]
-        rows.append({"image": "mean", "codec": codec, **{key: round(float(np.mean([row[key] for row in mine])), 4 if key == "ssim" else 3 if key == "bpp" else 2)
-                                                       for key in ("bpp", "psnr", "ssim")}})
+        rows.append({"image": "mean", "codec": codec,
+                     **{key: round(float(np.mean([row[key] for row in mine])),
+                                   4 if key == "ssim" else 3 if key == "bpp" else 2)
+                        for key in ("bpp", "psnr", "ssim")}})
     return rows
 
 
@@ -178,22 +173,12 @@ def autoencoder_of(model: nn.Module) -> QuantizedAutoencoder:
     return getattr(model, "autoencoder", model)
 
 
-class CompressAETask:
-    name = "compress_ae"
+class CompressAETask(Task):
+    card = CARDS["compress_ae"]
     metric = "psnr"
     metric_mode = "max"
     synth_defaults = {"image_size": 64, "images_dir": ""}
-    synth_sizes = {"train": 3000, "val": 200}
-    model_names = tuple(MODELS)
-    train_options = TRAIN_OPTIONS
     routes = {"reconstruct": (pixels.no_query("/v1/compress_ae/reconstruct"), pixels.png_response)}
-    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos)}
-
-    def default_config(self) -> TrainConfig:
-        # 6 epochs over 3,000 crops on 2 CPU cores: 317 s for the autoencoder and 376 s with the GAN on an idle
-        # machine, 505 s and 524 s with the cores shared (10 epochs had taken 18 minutes then).
-        return TrainConfig(model="ae", width=0.5, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
-                           weight_decay=1e-4, amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
@@ -205,16 +190,10 @@ class CompressAETask:
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         return {"image": encode_png(pixels.training_crop(rng, int(params["image_size"]), params["images_dir"]))}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        raise RaycvError(f"{path} is not a raycv compress_ae dataset (no manifest.json); make one from a folder of "
-                         f"photos with `raycv compress_ae synth --out DIR --param images_dir={path}`")
-
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": np.stack([decode_image(data) for data in batch["image"]])}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task compress_ae; valid models: {', '.join(MODELS)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         if option(cfg, "loss") not in LOSSES:
             raise RaycvError(f"invalid loss={option(cfg, 'loss')!r}: expected one of {', '.join(LOSSES)}")
         levels, channels = option(cfg, "levels"), option(cfg, "latent_channels")
@@ -268,7 +247,8 @@ class CompressAETask:
         images = pixels.to_uint8_images(outputs["reconstruction"].float())
         probabilities = outputs["probabilities"].float().cpu().numpy()
         answers = []
-        for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes):
+        for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes,
+                                                   strict=False):
             rows, columns = latent_size(int(height), int(width))
             code = encode_symbols(symbols[:, :rows, :columns], probabilities)
             answers.append({"code": base64.b64encode(code).decode("ascii"), "bytes": len(code),

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import base64
 import zlib
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-import ray.data
 import torch
 import torchmetrics
 from torch import nn
@@ -32,6 +32,8 @@ from raycv.data import pixels, procedural
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.dcgan import DCGAN, NOISE_DIM
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 IMAGE_SIZE = 64
 SWD_PATCH, SWD_PATCHES, SWD_PROJECTIONS = 7, 4096, 256
@@ -97,22 +99,12 @@ def the_gan(model: nn.Module) -> DCGAN:
     return getattr(model, "module", model)
 
 
-class DCGANTask:
-    name = "dcgan"
+class DCGANTask(Task):
+    card = CARDS["dcgan"]
     metric = "swd"
     metric_mode = "min"
     synth_defaults = {"images_dir": ""}
-    synth_sizes = {"train": 6000, "val": 500}
-    model_names = ("dcgan",)
-    cli_verbs = {"samples": (add_samples_arguments, run_samples)}
     ddp_options = {"find_unused_parameters": True}  # the player sitting a step out has no gradient
-
-    def default_config(self) -> TrainConfig:
-        # Adam's beta1 at 0.5, as in the DCGAN paper. x0.25 and 40 epochs over 6,000 images: 3,750
-        # alternating steps (about 1,900 per player) in 613 s on 2 CPU cores, best val SWD 144 against
-        # a real-vs-real floor of 87 (x0.5 for 12 epochs, simultaneous updates, batch-normed D: 497+).
-        return TrainConfig(model="dcgan", width=0.25, epochs=40, batch_size=64, lr=2e-4, optimizer="adamw",
-                           momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         pixels.check_images_dir(params["images_dir"])
@@ -125,16 +117,10 @@ class DCGANTask:
             image = procedural.render_shape_image(rng, int(rng.integers(len(procedural.SHAPE_CLASSES))), IMAGE_SIZE)
         return {"image": encode_png(image)}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        raise RaycvError(f"{path} is not a raycv dcgan dataset (no manifest.json); make one from a folder of photos "
-                         f"with `raycv dcgan synth --out DIR --param images_dir={path}`")
-
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": np.stack([decode_image(data) for data in batch["image"]])}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in self.model_names:
-            raise RaycvError(f"unknown model {cfg.model!r} for task dcgan; valid models: {', '.join(self.model_names)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         return DCGAN(cfg.width)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -29,12 +30,13 @@ from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
 from raycv.config import TrainConfig
-from raycv.data.images import to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, to_model_input
 from raycv.data.scenes import SceneData
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.detection import OUTPUT_STRIDE, CenterDetector
-from raycv.tasks.classify import MEAN, STD, resize_all
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 MODELS = {
     "resnet18": (2, 2, 2, 2),
@@ -157,7 +159,8 @@ class Detections:
     labels: torch.Tensor  # (N,) class index
 
 
-def decode_detections(outputs: torch.Tensor, num_classes: int, min_score: float, top_k: int = TOP_K) -> list[Detections]:
+def decode_detections(outputs: torch.Tensor, num_classes: int, min_score: float,
+                      top_k: int = TOP_K) -> list[Detections]:
     """Heatmap peaks -> top-k (class, cell) pairs -> the box regressed at that cell -> class-wise NMS."""
     heat = outputs[:, :num_classes].float().sigmoid()
     peaks = heat * (heat == nn.functional.max_pool2d(heat, 3, stride=1, padding=1))
@@ -205,26 +208,16 @@ def quiet_pycocotools():
         logging.disable(previous)
 
 
-class DetectTask(SceneData):
-    name = "detect"
-    synth_sizes = {"train": 8000, "val": 500}
+class DetectTask(SceneData, Task):
+    card = CARDS["detect"]
     metric = "map50"
     metric_mode = "max"
-    model_names = tuple(MODELS)
 
-    def default_config(self) -> TrainConfig:
-        # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 10 minutes (the first
-        # epoch alone reaches mAP@0.5 0.81 on three classes); raise --width for harder (photo) data.
-        return TrainConfig(model="resnet18", width=0.25, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
-                           weight_decay=0.05, workers=2)
-
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task detect; valid models: {', '.join(MODELS)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         height, width = meta["image_size"]
         if height % 32 or width % 32:
             raise RaycvError(f"image_size {meta['image_size']} is not divisible by 32, as the detector needs")
-        return Normalized(CenterDetector(len(meta["classes"]), MODELS[cfg.model], cfg.width), MEAN, STD)
+        return Normalized(CenterDetector(len(meta["classes"]), MODELS[cfg.model], cfg.width), CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """Horizontal flip of a random half of the batch, boxes and masks included (padding rows stay -1)."""
@@ -243,7 +236,8 @@ class DetectTask(SceneData):
         outputs = model(to_model_input(batch["image"]))
         return detection_loss(outputs, batch["boxes"], batch["labels"], outputs.shape[1] - 4)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         num_classes = len(meta["classes"])
         average_precision = torchmetrics.detection.MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
@@ -256,27 +250,25 @@ class DetectTask(SceneData):
             predictions = [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
                            for d in decode_detections(outputs, num_classes, EVAL_MIN_SCORE)]
             truths = [{"boxes": boxes[labels >= 0].float(), "labels": labels[labels >= 0]}
-                      for boxes, labels in zip(batch["boxes"], batch["labels"])]
+                      for boxes, labels in zip(batch["boxes"], batch["labels"], strict=False)]
             average_precision.update(predictions, truths)
         with quiet_pycocotools():
             scores = average_precision.compute()
         return {"map50": float(scores["map_50"]), "map": float(scores["map"]), "map75": float(scores["map_75"]),
                 "loss": float(mean_loss.compute())}
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
-
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
                     min_score: float = SERVE_MIN_SCORE) -> list[list[dict[str, Any]]]:
         input_height, input_width = meta["image_size"]
         answers = []
-        for detections, (height, width) in zip(decode_detections(outputs, len(meta["classes"]), min_score), sizes):
+        for detections, (height, width) in zip(decode_detections(outputs, len(meta["classes"]), min_score), sizes,
+                                               strict=False):
             scale = torch.tensor([width / input_width, height / input_height] * 2, device=detections.boxes.device)
             limits = torch.tensor([width, height] * 2, device=detections.boxes.device)
             boxes = torch.minimum((detections.boxes * scale).clamp(min=0), limits)
             answers.append([{"box": [round(float(v), 2) for v in box], "class": meta["classes"][int(label)],
                              "index": int(label), "score": round(float(score), 4)}
-                            for box, score, label in zip(boxes, detections.scores, detections.labels)])
+                            for box, score, label in zip(boxes, detections.scores, detections.labels, strict=False)])
         return answers
 
 

@@ -6,7 +6,8 @@ pyramid, then back down) relaxed towards the membrane (harmonic) fill at every l
 Telea inside the hole on photographs. The network, the segment task's UNet (ResNet-18 encoder,
 LinkNet decoder) with four input channels (the prior-filled image and the hole mask), predicts a
 correction of the prior with zero mean over the hole (structure, not colour); its last layer starts
-at zero, so training starts from the prior rather than from grey. Outside the hole the input is kept exactly, so only the hole is ever the network's.
+at zero, so training starts from the prior rather than from grey. Outside the hole the input is kept
+exactly, so only the hole is ever the network's.
 The loss is the mean squared error inside the hole, the quantity PSNR measures.
 
 Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image
@@ -28,11 +29,11 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
-import ray.data
 import torch
 import torchmetrics
 from torch import nn
@@ -43,6 +44,8 @@ from raycv.data.pixels import answer_image
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.unet import INPUT_MULTIPLE, UNet
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 TELEA_RADIUS = 3  # OpenCV's documented example radius
 PHOTO_CROPS = 8  # held-out crops per photograph in eval-photos
@@ -135,7 +138,8 @@ def smooth_fill(known: torch.Tensor, mask: torch.Tensor, relaxations: int = PRIO
         missing = 1 - weights
         filled = values + missing * coarse
         for _ in range(relaxations if level > 0 else 0):
-            neighbours = nn.functional.avg_pool2d(nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+            neighbours = nn.functional.avg_pool2d(nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate"), 3,
+                                                  stride=1)
             filled = values + missing * neighbours
     return filled
 
@@ -160,7 +164,8 @@ class HoleFiller(nn.Module):
         # Zero mean over the hole, per image and channel: the prior's average colour is kept and the
         # network only adds structure. Trained on dead leaves without this, it shifted the colour of
         # smooth photos (retina: 44.5 dB for the prior, 31.5 with the correction).
-        correction = correction - correction.sum(dim=(2, 3), keepdim=True) / mask.sum(dim=(2, 3), keepdim=True).clamp(min=1)
+        correction = correction - (correction.sum(dim=(2, 3), keepdim=True)
+                                   / mask.sum(dim=(2, 3), keepdim=True).clamp(min=1))
         fill = (prior + correction).clamp(0, 1)
         return torch.cat([known + fill * mask, mask], dim=1)
 
@@ -216,7 +221,7 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
             continue
         answers = predict(loaded, [with_hole(crop, hole) for crop, hole in crops])
         model_scores, telea_scores, prior_scores = [], [], []
-        for index, ((crop, hole), answer) in enumerate(zip(crops, answers)):
+        for index, ((crop, hole), answer) in enumerate(zip(crops, answers, strict=False)):
             filled, baseline = answer_image(answer), telea(crop, hole)
             model_scores.append(hole_psnr(filled, crop, hole))
             telea_scores.append(hole_psnr(baseline, crop, hole))
@@ -251,7 +256,8 @@ def run_eval_photos(args: argparse.Namespace) -> int:
     rows = score_photos(loaded, pixels.photo_names(args.photos), args.out or None)
     meta = loaded.dataset_meta
     return pixels.report_photos(rows, f"inpaint: {meta['hole_size']}-px holes in {meta['image_size'][0]}-px crops of "
-                                      f"photographs never trained on ({PHOTO_CROPS} per photo; PSNR inside the hole, RGB)",
+                                      f"photographs never trained on ({PHOTO_CROPS} per photo; "
+                                      "PSNR inside the hole, RGB)",
                                 args.out)
 
 
@@ -298,25 +304,19 @@ def filled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------------------------------------------
 
 
-class InpaintTask:
-    name = "inpaint"
+class InpaintTask(Task):
+    card = CARDS["inpaint"]
     metric = "psnr_hole"
     metric_mode = "max"
     synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
-    synth_sizes = {"train": 3000, "val": 200}
-    model_names = ("unet_resnet18",)
     image_mode = "RGBA"
     routes = {"fill": (pixels.no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
-    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos), "fill": (add_fill_arguments, run_fill)}
-
-    def default_config(self) -> TrainConfig:
-        return TrainConfig(model="unet_resnet18", width=0.5, epochs=8, batch_size=16, lr=2e-3, optimizer="adamw",
-                           weight_decay=1e-4, amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size, hole = int(params["image_size"]), int(params["hole_size"])
         if size < INPUT_MULTIPLE or size % INPUT_MULTIPLE:
-            raise RaycvError(f"invalid image_size={size}: expected a multiple of {INPUT_MULTIPLE} (the UNet's), e.g. 128")
+            raise RaycvError(f"invalid image_size={size}: expected a multiple of {INPUT_MULTIPLE} (the UNet's), "
+                             "e.g. 128")
         if not 1 <= hole < size:
             raise RaycvError(f"invalid hole_size={hole}: expected 1 <= hole_size < image_size={size}")
         pixels.check_images_dir(params["images_dir"])
@@ -328,17 +328,11 @@ class InpaintTask:
         x, y = rng.integers(0, size - hole + 1, 2)
         return {"image": encode_png(image), "hole": np.array([x, y, hole], dtype=np.int64)}  # x, y, side
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        raise RaycvError(f"{path} is not a raycv inpaint dataset (no manifest.json); make one from a folder of photos "
-                         f"with `raycv inpaint synth --out DIR --param images_dir={path}`")
-
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": np.stack([decode_image(data) for data in batch["image"]]),
                 "hole": np.stack([np.asarray(corner, dtype=np.int64) for corner in batch["hole"]])}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in self.model_names:
-            raise RaycvError(f"unknown model {cfg.model!r} for task inpaint; valid models: {', '.join(self.model_names)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         return HoleFiller(cfg.width)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -360,9 +354,11 @@ class InpaintTask:
             masks = hole_masks(batch["hole"], images.shape[-1])
             filled = model(torch.cat([images, masks], dim=1))[:, :3].float()
             holes = masks[:, 0].bool().cpu().numpy()
-            telea_filled = np.stack([telea(image, hole) for image, hole in zip(batch["image"].cpu().numpy(), holes)])
+            telea_filled = np.stack([telea(image, hole)
+                                     for image, hole in zip(batch["image"].cpu().numpy(), holes, strict=False)])
             learned.update(pixels.masked_psnr(filled, images, masks))
-            baseline.update(pixels.masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images, masks))
+            baseline.update(pixels.masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images,
+                                               masks))
             prior.update(pixels.masked_psnr(smooth_fill(images * (1 - masks), masks), images, masks))
             mean_loss.update(masked_mse(filled, images, masks), weight=len(images))
         model_psnr, telea_psnr = float(learned.compute()), float(baseline.compute())
@@ -380,7 +376,7 @@ class InpaintTask:
         images = pixels.to_uint8_images(outputs[:, :3].float())
         masks = outputs[:, 3].cpu().numpy() > 0.5
         answers = []
-        for image, mask, (height, width) in zip(images, masks, sizes):
+        for image, mask, (height, width) in zip(images, masks, sizes, strict=False):
             image = np.ascontiguousarray(image[:int(height), :int(width)])
             answers.append({"image_png": base64.b64encode(encode_png(image)).decode("ascii"),
                             "hole_pixels": int(mask[:int(height), :int(width)].sum()),

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import ray.data
@@ -41,27 +42,16 @@ from raycv import storage
 from raycv.config import TrainConfig
 from raycv.data import augment, formats
 from raycv.data.faces import identity_traits, render_face
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.errors import RaycvError
 from raycv.index import KINDS, EmbeddingIndex
 from raycv.models.cifar import CifarResNet
 from raycv.models.common import Normalized
-from raycv.models.embedding import COSFACE_MARGIN, COSFACE_SCALE, HEADS, EmbeddingNet, build_head
-from raycv.tasks.base import StateRoute
-from raycv.tasks.classify import MEAN, STD, resize_all
+from raycv.models.embedding import HEADS, EmbeddingNet, build_head
+from raycv.tasks.base import StateRoute, Task
+from raycv.tasks.cards import CARDS
 
-TRAIN_OPTIONS = {
-    "head": ("cosface", f"training head: {' or '.join(HEADS)} (the baseline)"),
-    "embedding_dim": (512, "embedding size (the book's 512)"),
-    "pooled_size": (4, "the last feature map is pooled to a grid this many cells a side before the embedding "
-                       "layer (1: one global average, as the book)"),
-    "stem_stride": (2, "stride of the first convolution: 2 halves 64-px photos for the stages (the cost of 32-px "
-                       "ones at stride 1, with more detail), 1 keeps the input size"),
-    "embedding_dropout": (0.0, "dropout rate on the pooled features before the embedding layer (0.2 trailed 0 "
-                               "at every epoch on the procedural identities)"),
-    "cosface_scale": (COSFACE_SCALE, "CosFace scale s"),
-    "cosface_margin": (COSFACE_MARGIN, "CosFace margin m"),
-}
+TRAIN_OPTIONS = CARDS["search"].train_options
 RECALL_AT = (1, 5)
 DEFAULT_K, MAX_K = 5, 1000
 
@@ -122,7 +112,8 @@ class Gallery:
 
 
 def open_gallery(folder: str, checkpoint_meta: dict[str, Any]) -> Gallery:
-    return Gallery(folder, int(checkpoint_meta["config"]["extra"].get("embedding_dim", TRAIN_OPTIONS["embedding_dim"][0])))
+    return Gallery(folder, int(checkpoint_meta["config"]["extra"].get("embedding_dim",
+                                                                      TRAIN_OPTIONS["embedding_dim"][0])))
 
 
 def answer_embeddings(answers: list[dict[str, Any]]) -> np.ndarray:
@@ -213,7 +204,7 @@ def gallery_rows(args: argparse.Namespace) -> ray.data.Dataset:
             extension.lstrip(".") for extension in formats.IMAGE_EXTENSIONS])
         return files.map_batches(lambda batch: {"key": np.array([p[len(folder) + 1:] for p in batch["path"]]),
                                                 "bytes": batch["bytes"]}, batch_size=1024)
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
 
     splits, _ = open_dataset(TASK, args.data)
     if args.split not in splits:
@@ -221,7 +212,8 @@ def gallery_rows(args: argparse.Namespace) -> ray.data.Dataset:
     if "id" not in splits[args.split].schema().names:
         raise RaycvError(f"{args.data} is not a synthesized search dataset: index an image folder with --images")
     return splits[args.split].map_batches(
-        lambda batch: {"key": np.array([f"{label}/{row}" for label, row in zip(batch["label"], batch["id"])]),
+        lambda batch: {"key": np.array([f"{label}/{row}"
+                                        for label, row in zip(batch["label"], batch["id"], strict=False)]),
                        "image": batch["image"]}, batch_size=1024)
 
 
@@ -257,7 +249,8 @@ def run_gallery(args: argparse.Namespace) -> int:
     index.add(keys, vectors)
     index.save(storage.absolute(args.out))
     seconds = time.perf_counter() - started
-    print(f"{args.out}: {len(index)} images indexed ({args.kind}) in {seconds:.1f} s ({len(index) / seconds:.0f} images/s)")
+    print(f"{args.out}: {len(index)} images indexed ({args.kind}) in {seconds:.1f} s "
+          f"({len(index) / seconds:.0f} images/s)")
     return 0
 
 
@@ -276,7 +269,8 @@ def run_query(args: argparse.Namespace) -> int:
     loaded = load_model(args.checkpoint, "search", default_device())
     gallery = open_gallery(storage.absolute(args.index), loaded.meta)
     answers = predict(loaded, read_image_files(args.images))
-    for path, row in zip(args.images, search_gallery(gallery, answers, parse_k({"k": [str(args.k)]})["k"])["results"]):
+    for path, row in zip(args.images, search_gallery(gallery, answers, parse_k({"k": [str(args.k)]})["k"])["results"],
+                         strict=False):
         print(f"{path}: {json.dumps(row)}")
     return 0
 
@@ -297,7 +291,8 @@ def demo_pairs(split: ray.data.Dataset, identities: int, per_identity: int = 2) 
         if len(full) >= identities:
             break
     labels = [label for label, photos in chosen.items() if len(photos) == per_identity][:identities]
-    return [photo for label in labels for photo in chosen[label]], [label for label in labels for _ in range(per_identity)]
+    return ([photo for label in labels for photo in chosen[label]],
+            [label for label in labels for _ in range(per_identity)])
 
 
 def similarity_figure(images: list[np.ndarray], similarity: np.ndarray, names: list[str], out: str) -> None:
@@ -344,7 +339,7 @@ def run_pairs(args: argparse.Namespace) -> int:
         images, names = read_image_files(args.images), [path.rsplit("/", 1)[-1] for path in args.images]
         labels = None
     elif args.data:
-        from raycv.data.synth import open_dataset
+        from raycv.synth import open_dataset
         from raycv.runtime import init_ray
 
         init_ray()
@@ -413,30 +408,13 @@ def run_compare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class SearchTask:
-    name = "search"
+class SearchTask(Task):
+    card = CARDS["search"]
     metric = "recall_at_1"
     metric_mode = "max"
     synth_defaults = {"image_size": 64, "train_identities": 1000, "val_identities": 200}
-    synth_sizes = {"train": 30_000, "val": 2_000}  # 30 photos of each training identity
-    model_names = ("resnet18",)
-    train_options = TRAIN_OPTIONS
-    cli_verbs = {"gallery": (add_gallery_arguments, run_gallery), "query": (add_query_arguments, run_query),
-                 "pairs": (add_pairs_arguments, run_pairs), "compare-heads": (add_compare_arguments, run_compare)}
     state_routes = {"index": StateRoute(parse_ids, add_to_gallery), "query": StateRoute(parse_k, search_gallery),
                     "remove": StateRoute(parse_ids, remove_from_gallery, images=False)}
-
-    def default_config(self) -> TrainConfig:
-        # 8 epochs over 30,000 64-px photos (synth_sizes; 75-80 s each through the stride-2 stem, with
-        # channels_last, which is 1.2x faster for this network on CPU) fit 15 minutes on 2 CPU cores:
-        # recall@1 0.962-0.964 on val, 0.9605-0.9695 on three held-out sets (two runs). At 32 px
-        # (stride 1), where an eye or a mole is 1-3 pixels, the same time bought 0.943-0.957. More
-        # photos of each identity beat more passes. CosFace's margin makes it slow to fit: with one
-        # global average before the embedding layer its recall@1 was 0.860 after 8 epochs over 20,000
-        # 32-px photos (softmax 0.866).
-        return TrainConfig(model="resnet18", width=0.25, epochs=8, batch_size=128, lr=3e-3, optimizer="adamw",
-                           weight_decay=5e-4, cpus_per_worker=2, channels_last="on",
-                           extra={name: default for name, (default, _) in TRAIN_OPTIONS.items()})
 
     def open_route_state(self, folder: str, checkpoint_meta: dict[str, Any]) -> Gallery:
         return open_gallery(folder, checkpoint_meta)
@@ -475,13 +453,12 @@ class SearchTask:
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         images = [decode_image(data) for data in batch["image"]]
-        return {"image": resize_all(images, tuple(meta["image_size"])), "label": np.asarray(batch["label"], dtype=np.int64)}
+        return {"image": resize_all(images, tuple(meta["image_size"])),
+                "label": np.asarray(batch["label"], dtype=np.int64)}
 
     # -- model ---------------------------------------------------------------------------------
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in self.model_names:
-            raise RaycvError(f"unknown model {cfg.model!r} for task search; valid models: {', '.join(self.model_names)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         options = {name: cfg.extra.get(name, default) for name, (default, _) in TRAIN_OPTIONS.items()}
         if options["head"] not in HEADS:
             raise RaycvError(f"invalid head={options['head']!r}: expected one of {', '.join(HEADS)}")
@@ -502,7 +479,7 @@ class SearchTask:
                                  nn.BatchNorm1d(dim))
         head = build_head(options["head"], dim, int(meta["train_identities"]), options["cosface_scale"],
                           options["cosface_margin"])
-        return Normalized(EmbeddingNet(backbone, head), MEAN, STD)
+        return Normalized(EmbeddingNet(backbone, head), CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         # Shifts only: a mirror image is another identity here (a mole or a hair parting changes side).
@@ -513,7 +490,8 @@ class SearchTask:
         logits = model(to_model_input(batch["image"]), batch["label"])
         return nn.functional.cross_entropy(logits.float(), batch["label"])
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         # CatMetric gathers every DDP worker's shard on compute(): retrieval needs the whole split.
         embeddings, labels = torchmetrics.CatMetric().to(device), torchmetrics.CatMetric().to(device)
@@ -524,12 +502,11 @@ class SearchTask:
 
     # -- serving -------------------------------------------------------------------------------
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return to_model_input(torch.from_numpy(resize_all(images, tuple(meta["image_size"]))))
-
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: its L2-normalised embedding."""
-        return [{"embedding": [round(float(value), 6) for value in row]} for row in outputs.detach().float().cpu().numpy()]
+        return [{"embedding": [round(float(value), 6) for value in row]}
+                for row in outputs.detach().float().cpu().numpy()]
 
 
 TASK = SearchTask()

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import base64
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -34,6 +35,8 @@ from raycv.data.scenes import SceneData
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.unet import INPUT_MULTIPLE, UNet
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 MODELS = {"unet_resnet18": UNet}
 # ImageNet statistics, what a ResNet encoder expects (and what pretrained weights would need).
@@ -107,7 +110,7 @@ def mask_polygons(class_map: np.ndarray, names: list[str]) -> list[dict[str, Any
         if not region.any():
             continue
         contours, hierarchy = cv2.findContours(region, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        for contour, (_, _, _, parent) in zip(contours, hierarchy[0]):
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0], strict=False):
             if len(contour) >= 3:  # fewer points enclose no area
                 polygons.append({"class": name, "points": contour[:, 0, :].tolist(), "hole": bool(parent >= 0)})
     return polygons
@@ -256,25 +259,13 @@ def flip_images_and_masks(images: torch.Tensor, masks: torch.Tensor) -> tuple[to
     return images, masks
 
 
-class SegmentTask(SceneData):
-    name = "segment"
-    synth_sizes = {"train": 6000, "val": 500}
+class SegmentTask(SceneData, Task):
+    card = CARDS["segment"]
     metric = "foreground_iou"
     metric_mode = "max"
-    model_names = tuple(MODELS)
     routes = {"danmu": (parse_danmu_query, danmu_png)}
-    cli_verbs = {"danmu": (add_danmu_arguments, run_danmu)}
 
-    def default_config(self) -> TrainConfig:
-        # Sized for two CPU cores: a half-width network in fp32 (amp "auto": bf16 on GPUs). Forcing bf16
-        # on a CPU is a gamble: about 2x faster with AVX-512 BF16, 18x slower on an AVX2-only EPYC.
-        # Five epochs over 6,000 scenes fit the 15-minute budget with Ray's start-up (six took 15.8 min).
-        return TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
-                           optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2)
-
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task segment; valid models: {', '.join(MODELS)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         height, width = meta["image_size"]
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
             raise RaycvError(f"image_size {height}x{width} cannot be segmented by the UNet: both sides must be "
@@ -316,7 +307,7 @@ class SegmentTask(SceneData):
         classes[i], classes[0] is "background") and the outline polygons of every region."""
         class_maps = outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
         answers = []
-        for class_map, (height, width) in zip(class_maps, sizes):
+        for class_map, (height, width) in zip(class_maps, sizes, strict=False):
             class_map = cv2.resize(class_map, (int(width), int(height)), interpolation=cv2.INTER_NEAREST_EXACT)
             answers.append({"mask_png": base64.b64encode(encode_png(class_map)).decode("ascii"),
                             "classes": ["background", *meta["classes"]],

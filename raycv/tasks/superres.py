@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
-import ray.data
 import torch
 import torchmetrics
 from torch import nn
@@ -37,6 +37,8 @@ from raycv.data.pixels import answer_image
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.superres import ESPCN, HALO, LumaSR, ResidualPixelShuffle
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 MODELS = {"residual": ResidualPixelShuffle, "espcn": ESPCN}
 
@@ -89,8 +91,9 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, f"{name}_x{scale}.png"), "wb") as file:
                 file.write(encode_png(comparison_panels(low, bicubic, result, high, scale)))
-    rows.append({"image": "mean", "size": "", **{key: round(float(np.mean([row[key] for row in rows])), 4 if "ssim" in key else 2)
-                                                 for key in ("bicubic_psnr", "model_psnr", "gain_db", "bicubic_ssim", "model_ssim")}})
+    rows.append({"image": "mean", "size": "",
+                 **{key: round(float(np.mean([row[key] for row in rows])), 4 if "ssim" in key else 2)
+                    for key in ("bicubic_psnr", "model_psnr", "gain_db", "bicubic_ssim", "model_ssim")}})
     return rows
 
 
@@ -138,22 +141,12 @@ def run_upscale(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-class SuperresTask:
-    name = "superres"
+class SuperresTask(Task):
+    card = CARDS["superres"]
     metric = "psnr"
     metric_mode = "max"
     synth_defaults = {"crop_size": 64, "scale": 2, "images_dir": ""}
-    synth_sizes = {"train": 6000, "val": 300}
-    model_names = tuple(MODELS)
     routes = {"upscale": (pixels.no_query("/v1/superres/upscale"), pixels.png_response)}
-    cli_verbs = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
-                 "upscale": (add_upscale_arguments, run_upscale)}
-
-    def default_config(self) -> TrainConfig:
-        # Sized for two CPU cores and fifteen minutes. fp32: bf16's 8-bit mantissa is as coarse as
-        # the 8-bit pixels whose last decibel the network is there to win.
-        return TrainConfig(model="residual", width=1.0, epochs=16, batch_size=32, lr=2e-3, optimizer="adamw",
-                           weight_decay=0.0, amp="off", cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         scale = pixels.check_scale(params["scale"])
@@ -169,17 +162,11 @@ class SuperresTask:
         low, high = make_pair(high, int(params["scale"]))
         return {"hr": encode_png(high), "lr": encode_png(low)}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        raise RaycvError(f"{path} is not a raycv superres dataset (no manifest.json); make pairs from a folder of "
-                         f"photos with `raycv superres synth --out DIR --param images_dir={path}`")
-
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"lr": np.stack([decode_image(data) for data in batch["lr"]]),
                 "hr": np.stack([decode_image(data) for data in batch["hr"]])}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task superres; valid models: {', '.join(MODELS)}")
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         scale = int(meta["scale"])
         return LumaSR(MODELS[cfg.model](scale, cfg.width), scale)
 
@@ -220,7 +207,7 @@ class SuperresTask:
         scale = int(meta["scale"])
         images = pixels.to_uint8_images(outputs.float())
         answers = []
-        for image, (height, width) in zip(images, sizes):
+        for image, (height, width) in zip(images, sizes, strict=False):
             top = HALO * scale
             image = image[top:top + int(height) * scale, top:top + int(width) * scale]
             answers.append({"image_png": base64.b64encode(encode_png(np.ascontiguousarray(image))).decode("ascii"),

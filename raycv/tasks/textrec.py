@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import ray.data
@@ -25,11 +26,12 @@ from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data import augment, text
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, to_model_input
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.crnn import CRNN
-from raycv.tasks.classify import MEAN, STD
+from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 
 LINE_HEIGHT = 32
 TRAIN_WIDTH = 192  # 6 times the height: 9 captcha characters or 5 street digits fit without squeezing
@@ -57,7 +59,7 @@ def ctc_greedy_decode(probabilities: torch.Tensor, alphabet: str) -> tuple[str, 
     probability over the columns that emitted it."""
     confidences, classes = probabilities.max(dim=1)
     chars, char_confidences, previous = [], [], 0
-    for index, confidence in zip(classes.tolist(), confidences.tolist()):
+    for index, confidence in zip(classes.tolist(), confidences.tolist(), strict=False):
         if index != 0 and index == previous:
             char_confidences[-1] = max(char_confidences[-1], confidence)
         elif index != 0:
@@ -94,7 +96,8 @@ def ctc_beam_decode(probabilities: torch.Tensor, alphabet: str, beam_width: int 
 
 
 def label_texts(labels: torch.Tensor, lengths: torch.Tensor, alphabet: str) -> list[str]:
-    return ["".join(alphabet[c - 1] for c in row[:length]) for row, length in zip(labels.tolist(), lengths.tolist())]
+    return ["".join(alphabet[c - 1] for c in row[:length])
+            for row, length in zip(labels.tolist(), lengths.tolist(), strict=False)]
 
 
 def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int = 24, split: str = "val",
@@ -107,7 +110,7 @@ def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int =
     import matplotlib.pyplot as plt
 
     from raycv import checkpoint
-    from raycv.data.synth import open_dataset
+    from raycv.synth import open_dataset
     from raycv.inference import predict
 
     loaded = checkpoint.load_model(checkpoint_path)
@@ -121,7 +124,7 @@ def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int =
                                 figsize=(3 * columns, 0.9 * len(images) / columns + 0.5))
     for axis in axes.flat:
         axis.axis("off")
-    for axis, image, answer, truth in zip(axes.flat, images, answers, rows["text"]):
+    for axis, image, answer, truth in zip(axes.flat, images, answers, rows["text"], strict=False):
         right = answer["text"] == truth
         axis.imshow(image)
         axis.set_title(answer["text"] if right else f"{answer['text']} / {truth}", color="green" if right else "red",
@@ -147,7 +150,8 @@ def run_examples(args) -> int:
     if args.count < 1:
         raise RaycvError(f"invalid --count {args.count}: expected an integer >= 1")
     init_ray()
-    print(f"{args.count} readings: {save_prediction_grid(args.checkpoint, args.data, args.out, args.count, args.split)}")
+    print(f"{args.count} readings: "
+          f"{save_prediction_grid(args.checkpoint, args.data, args.out, args.count, args.split)}")
     return 0
 
 
@@ -155,20 +159,12 @@ def run_examples(args) -> int:
 TEXT_VERBS = {"examples": (add_examples_arguments, run_examples)}
 
 
-class TextRecognitionTask:
-    name = "textrec"
+class TextRecognitionTask(Task):
+    card = CARDS["textrec"]
     metric = "sequence_accuracy"
     metric_mode = "max"
-    cli_verbs = TEXT_VERBS
     # max_length 0: the source's longest label (captcha 9, street 5)
     synth_defaults = {"source": "captcha", "min_length": 1, "max_length": 0}
-    model_names = tuple(MODELS)
-
-    def default_config(self) -> TrainConfig:
-        # One worker with both cores: twice the optimizer steps per epoch of two one-core workers and no
-        # gradient exchange. 8 epochs of ~95 s fit 15 minutes on 2 CPU cores.
-        return TrainConfig(model="crnn_lstm", width=0.25, epochs=8, batch_size=64, optimizer="adamw", lr=2e-3,
-                           weight_decay=0.01, cpus_per_worker=2)
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         source = params["source"]
@@ -204,14 +200,13 @@ class TextRecognitionTask:
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         height, width = meta["image_size"]
         lines = [text.resize_to_height(decode_image(data), height, width) for data in batch["image"]]
-        labels, lengths = text.encode_texts((str(t) for t in batch["text"]), meta["alphabet"], meta["max_length"], offset=1)
+        labels, lengths = text.encode_texts((str(t) for t in batch["text"]), meta["alphabet"], meta["max_length"],
+                                            offset=1)
         columns = np.array([line_columns(line.shape[1]) for line in lines], dtype=np.int64)
         return {"image": text.pad_lines(lines, width), "label": labels, "length": lengths, "columns": columns}
 
-    def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in MODELS:
-            raise RaycvError(f"unknown model {cfg.model!r} for task textrec; valid models: {', '.join(MODELS)}")
-        return Normalized(CRNN(len(meta["alphabet"]), width=cfg.width, rnn=MODELS[cfg.model]), MEAN, STD)
+    def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
+        return Normalized(CRNN(len(meta["alphabet"]), width=cfg.width, rnn=MODELS[cfg.model]), CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         return {**batch, "image": augment.random_translate(to_model_input(batch["image"]), pad=2)}
@@ -227,7 +222,8 @@ class TextRecognitionTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         return self.ctc_loss(model(to_model_input(batch["image"])), batch)
 
-    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], meta: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                 meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         alphabet = meta["alphabet"]
         greedy_accuracy, beam_accuracy, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(3))
@@ -235,13 +231,15 @@ class TextRecognitionTask:
         for batch in batches:
             logits = model(to_model_input(batch["image"])).float()
             probabilities = [line[:columns] for line, columns in
-                             zip(logits.detach().softmax(dim=2).cpu(), batch["columns"].tolist())]
+                             zip(logits.detach().softmax(dim=2).cpu(), batch["columns"].tolist(), strict=False)]
             truths = label_texts(batch["label"], batch["length"], alphabet)
             greedy = [ctc_greedy_decode(line, alphabet)[0] for line in probabilities]
             beam = [ctc_beam_decode(line, alphabet) for line in probabilities]
             error_rate.update(greedy, truths)
-            greedy_accuracy.update(torch.tensor([p == t for p, t in zip(greedy, truths)], dtype=torch.float, device=device))
-            beam_accuracy.update(torch.tensor([p == t for p, t in zip(beam, truths)], dtype=torch.float, device=device))
+            greedy_accuracy.update(torch.tensor([p == t for p, t in zip(greedy, truths, strict=False)],
+                                                dtype=torch.float, device=device))
+            beam_accuracy.update(torch.tensor([p == t for p, t in zip(beam, truths, strict=False)],
+                                              dtype=torch.float, device=device))
             mean_loss.update(self.ctc_loss(logits, batch), weight=len(logits))
         return {"sequence_accuracy": float(greedy_accuracy.compute()), "cer": float(error_rate.compute()),
                 "beam_sequence_accuracy": float(beam_accuracy.compute()), "loss": float(mean_loss.compute())}
@@ -251,12 +249,13 @@ class TextRecognitionTask:
         lines = [text.resize_to_height(image, meta["image_size"][0], MAX_INFERENCE_WIDTH) for image in images]
         return to_model_input(torch.from_numpy(text.pad_lines(lines)))
 
-    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
+                    sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         probabilities = outputs.float().softmax(dim=2).cpu()
         height = meta["image_size"][0]
         columns = [line_columns(text.scaled_width(size, height, MAX_INFERENCE_WIDTH)) for size in sizes]
         return [text.text_answer(*ctc_greedy_decode(line[:count], meta["alphabet"]))
-                for line, count in zip(probabilities, columns)]
+                for line, count in zip(probabilities, columns, strict=False)]
 
 
 TASK = TextRecognitionTask()

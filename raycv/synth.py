@@ -69,7 +69,8 @@ def block_bounds(count: int, parallelism: int, max_block: int) -> np.ndarray:
 
 
 def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, params: dict[str, Any] | None = None,
-               workers: int | None = None, batch_size: int = MAX_BLOCK_SAMPLES, overwrite: bool = False) -> dict[str, Any]:
+               workers: int | None = None, batch_size: int = MAX_BLOCK_SAMPLES,
+               overwrite: bool = False) -> dict[str, Any]:
     """Write `splits` (name -> sample count) of the task's synthetic data under `out`; returns the manifest.
     Splits of size 0 are left out (a held-out test set is `{"train": 0, "val": 1000}` with another seed)."""
     params = {**task.synth_defaults, **(params or {})}
@@ -93,7 +94,6 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
     meta = task.dataset_meta(params)
     tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    split_params = getattr(task, "split_params", None)  # e.g. disjoint identities for train and val
     try:
         for split, count in splits.items():
             # No block holds more than `batch_size` samples in memory; contents do not depend on the block
@@ -103,7 +103,7 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
             dataset = ray.data.range(len(bounds) - 1, override_num_blocks=len(bounds) - 1).map_batches(
                 _synthesize_blocks,
                 fn_kwargs={"bounds": bounds, "task_name": task.name, "seed": seed, "split": split,
-                           "params": split_params(split, params, seed) if split_params else params},
+                           "params": task.split_params(split, params, seed)},
                 batch_size=None,
             )
             # Read, synthesis and Parquet write fuse into one task per block only when no operator has its
@@ -115,9 +115,7 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
                 options = dataset.context.execution_options
                 options.resource_limits = options.resource_limits.copy(cpu=workers)
             dataset.write_parquet(storage.join(tmp, split))
-            export = getattr(task, "export_split", None)
-            if export is not None:  # e.g. COCO JSON next to the Parquet rows of scene tasks
-                export(tmp, split, meta)
+            task.export_split(tmp, split, meta)  # e.g. COCO JSON next to the Parquet rows of scene tasks
         manifest = {
             "task": task.name, "seed": seed, "splits": dict(splits), "params": params, "meta": meta,
             "raycv_version": raycv.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,0 +1,152 @@
+"""Each task's card: the facts the command line needs before torch is imported.
+
+`raycv TASK VERB --help` and argument checks must answer at once, and importing a task module means
+importing torch, torchvision and Ray (seconds). So what the parser shows and checks -- the default
+training config, the model names, the task's own options and its default split sizes -- is plain
+data here, one card per task (the way Ultralytics keeps its defaults in one file). The task modules
+read their card (`Task.card`); a test checks that every card matches its task's models and options.
+Importing this module costs what raycv.config costs: no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from raycv.config import TrainConfig
+
+DEFAULT_SYNTH_SIZES = {"train": 20_000, "val": 2_000}
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    name: str
+    summary: str  # one line for `raycv --help`
+    config: TrainConfig  # the default training config (flags override it)
+    model_names: tuple[str, ...]  # what --model accepts; the first is the default network family's
+    # The task's own training options, NAME -> (default, help): `--NAME` on train and tune, stored in
+    # TrainConfig.extra[NAME] (every run records them all, defaults included).
+    train_options: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    # The split sizes `raycv TASK synth` makes by default: those the default config is sized and
+    # measured with.
+    synth_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SYNTH_SIZES))
+
+    def default_config(self) -> TrainConfig:
+        """The default config with every task option's default in `extra`, so a run records how it was
+        built even after a default changes."""
+        defaults = {name: default for name, (default, _) in self.train_options.items()}
+        return self.config.replace(extra={**defaults, **self.config.extra})
+
+
+CARDS: dict[str, TaskCard] = {card.name: card for card in [
+    TaskCard(
+        "captcha", "fixed-length captcha reading (multi-head classifier)",
+        # Sized for 15 minutes on 2 CPU cores: three epochs over 100,000 captchas (synth_sizes) at width 0.25
+        # on one worker with both cores (400-470 captchas/s; two one-core DDP workers made 282-312/s
+        # together, and half the optimizer steps). Fresh captchas beat more passes over few: 3 epochs over
+        # 110,000 read 0.9535 of held-out captchas where 4 over 80,000 read 0.9495, and 10 epochs over
+        # 20,000 at x0.5 overfit at 0.925.
+        TrainConfig(model="convnet", width=0.25, epochs=3, batch_size=64, optimizer="adamw", lr=3e-3,
+                    weight_decay=0.05, label_smoothing=0.1, cpus_per_worker=2),
+        ("convnet", "resnet18"),
+        synth_sizes={"train": 100_000, "val": 2_000}),
+    TaskCard(
+        "textrec", "text lines of any length: CRNN + CTC (captchas, street numbers)",
+        # One worker with both cores: twice the optimizer steps per epoch of two one-core workers and no
+        # gradient exchange. 8 epochs of ~95 s fit 15 minutes on 2 CPU cores.
+        TrainConfig(model="crnn_lstm", width=0.25, epochs=8, batch_size=64, optimizer="adamw", lr=2e-3,
+                    weight_decay=0.01, cpus_per_worker=2),
+        ("crnn_lstm", "crnn_gru")),
+    TaskCard(
+        "classify", "image classification (CIFAR-style networks)",
+        TrainConfig(model="vgg11_bn", epochs=30, batch_size=128, lr=0.1, label_smoothing=0.1),
+        ("vgg11_bn", "resnet18")),
+    TaskCard(
+        "detect", "object detection: boxes and classes (anchor-free detector)",
+        # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 10 minutes (the first
+        # epoch alone reaches mAP@0.5 0.81 on three classes); raise --width for harder (photo) data.
+        TrainConfig(model="resnet18", width=0.25, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
+                    weight_decay=0.05, workers=2),
+        ("resnet18", "resnet10"),
+        synth_sizes={"train": 8000, "val": 500}),
+    TaskCard(
+        "boxreg", "one box per image by regression (IoU metric)",
+        TrainConfig(model="resnet18", width=0.5, epochs=6, batch_size=128, optimizer="adamw", lr=3e-3,
+                    weight_decay=0.05, workers=2),
+        ("resnet18",)),
+    TaskCard(
+        "segment", "semantic segmentation (UNet) and the danmu demo",
+        # Sized for two CPU cores: a half-width network in fp32 (amp "auto": bf16 on GPUs). Forcing bf16
+        # on a CPU is a gamble: about 2x faster with AVX-512 BF16, 18x slower on an AVX2-only EPYC.
+        # Five epochs over 6,000 scenes fit the 15-minute budget with Ray's start-up (six took 15.8 min).
+        TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
+                    optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2),
+        ("unet_resnet18",),
+        synth_sizes={"train": 6000, "val": 500}),
+    TaskCard(
+        "superres", "x2/x4 super-resolution (PSNR/SSIM against bicubic)",
+        # Sized for two CPU cores and fifteen minutes. fp32: bf16's 8-bit mantissa is as coarse as
+        # the 8-bit pixels whose last decibel the network is there to win.
+        TrainConfig(model="residual", width=1.0, epochs=16, batch_size=32, lr=2e-3, optimizer="adamw",
+                    weight_decay=0.0, amp="off", cpus_per_worker=2),
+        ("residual", "espcn"),
+        synth_sizes={"train": 6000, "val": 300}),
+    TaskCard(
+        "inpaint", "fill holes in photographs (UNet over a smooth prior)",
+        TrainConfig(model="unet_resnet18", width=0.5, epochs=8, batch_size=16, lr=2e-3, optimizer="adamw",
+                    weight_decay=1e-4, amp="off", cpus_per_worker=2),
+        ("unet_resnet18",),
+        synth_sizes={"train": 3000, "val": 200}),
+    TaskCard(
+        "compress_ae", "learned image compression: autoencoder with a quantized latent (bits per pixel)",
+        # 6 epochs over 3,000 crops on 2 CPU cores: 317 s for the autoencoder and 376 s with the GAN on an idle
+        # machine, 505 s and 524 s with the cores shared (10 epochs had taken 18 minutes then).
+        TrainConfig(model="ae", width=0.5, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
+                    weight_decay=1e-4, amp="off", cpus_per_worker=2),
+        ("ae", "aegan"),
+        train_options={
+            # MSE, not the book's L1: under L1 the reconstructions stayed grey (4 % of the target's chroma and
+            # 15.5 dB on dead leaves after 600 steps); MSE, whose gradient grows with the error, had learned
+            # colour by then (76 %, 19.3 dB).
+            "loss": ("mse", "reconstruction loss: mse or l1 (the book's)"),
+            "latent_channels": (16, "channels of the 1/8-resolution latent (16: a quarter symbol per pixel)"),
+            "levels": (5, "symbols per latent value, odd (5: -2..2)"),
+            "feature_matching_weight": (0.1, "aegan: weight of the discriminator feature-matching loss"),
+            "adversarial_weight": (0.01, "aegan: weight of the generator's adversarial loss"),
+        },
+        synth_sizes={"train": 3000, "val": 200}),
+    TaskCard(
+        "dcgan", "DCGAN image generation (sliced Wasserstein distance)",
+        # Adam's beta1 at 0.5, as in the DCGAN paper. x0.25 and 40 epochs over 6,000 images: 3,750
+        # alternating steps (about 1,900 per player) in 613 s on 2 CPU cores, best val SWD 144 against
+        # a real-vs-real floor of 87 (x0.5 for 12 epochs, simultaneous updates, batch-normed D: 497+).
+        TrainConfig(model="dcgan", width=0.25, epochs=40, batch_size=64, lr=2e-4, optimizer="adamw",
+                    momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2),
+        ("dcgan",),
+        synth_sizes={"train": 6000, "val": 500}),
+    TaskCard(
+        "search", "identity search: CosFace embeddings and a gallery index",
+        # 8 epochs over 30,000 64-px photos (synth_sizes; 75-80 s each through the stride-2 stem, with
+        # channels_last, which is 1.2x faster for this network on CPU) fit 15 minutes on 2 CPU cores:
+        # recall@1 0.962-0.964 on val, 0.9605-0.9695 on three held-out sets (two runs). At 32 px
+        # (stride 1), where an eye or a mole is 1-3 pixels, the same time bought 0.943-0.957. More
+        # photos of each identity beat more passes. CosFace's margin makes it slow to fit: with one
+        # global average before the embedding layer its recall@1 was 0.860 after 8 epochs over 20,000
+        # 32-px photos (softmax 0.866).
+        TrainConfig(model="resnet18", width=0.25, epochs=8, batch_size=128, lr=3e-3, optimizer="adamw",
+                    weight_decay=5e-4, cpus_per_worker=2, channels_last="on"),
+        ("resnet18",),
+        train_options={
+            "head": ("cosface", "training head: cosface or softmax (the baseline)"),
+            "embedding_dim": (512, "embedding size (the book's 512)"),
+            "pooled_size": (4, "the last feature map is pooled to a grid this many cells a side before the "
+                               "embedding layer (1: one global average, as the book)"),
+            "stem_stride": (2, "stride of the first convolution: 2 halves 64-px photos for the stages (the cost "
+                               "of 32-px ones at stride 1, with more detail), 1 keeps the input size"),
+            "embedding_dropout": (0.0, "dropout rate on the pooled features before the embedding layer (0.2 "
+                                       "trailed 0 at every epoch on the procedural identities)"),
+            "cosface_scale": (30.0, "CosFace scale s"),
+            "cosface_margin": (0.4, "CosFace margin m"),
+        },
+        synth_sizes={"train": 30_000, "val": 2_000}),  # 30 photos of each training identity
+]}
