@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(PY) jobs/demo.py
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests -q
 
 bench: $(STAMP)

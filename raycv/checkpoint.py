@@ -23,8 +23,8 @@ from torch import nn
 from raycv import storage
 from raycv.config import TrainConfig
 from raycv.errors import RaycvError
-from raycv.tasks import Task, get_task
-from raycv.tasks.base import with_task_options
+from raycv.tasks import get_task
+from raycv.tasks.base import Task, with_task_options
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 

@@ -1,7 +1,9 @@
-"""The training configuration: one dataclass shared by every task, with per-task defaults.
+"""The configurations users set: training (TrainConfig), serving (ServeOptions) and compression
+(CompressOptions), plain dataclasses with their --help texts.
 
-Tasks start from `TrainConfig()` and override what differs (`Task.default_config`); the CLI and jobs
-override again from flags. Everything a run used is written next to its checkpoints as JSON.
+Tasks start from `TrainConfig()` and override what differs (their card's config, tasks/cards.py); the
+CLI and jobs override again from flags. Everything a run used is written next to its checkpoints as
+JSON. This module imports nothing heavy: the command line builds its flags from it before torch loads.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+CRITERIA = ("l1", "bn")  # channel-importance criteria of compress's channel pruning
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with its --help text (the CLI makes one flag per field)."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, hidden: bool = False) -> Any:
+    """A config field with its --help text (the CLI makes one flag per field; a hidden one, for tests,
+    is accepted but left out of --help)."""
+    return field(default=default, metadata={"help": help, "hidden": hidden})
 
 
 @dataclass
@@ -58,7 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "best checkpoints kept by the validation metric (the latest is kept too)")
     verbose: bool = option(False, "show the INFO logs of Ray Train and Ray Data")
     max_failures: int = option(0, "worker-group restarts after a failure (-1: forever)")
-    fail_at_epoch: int = option(0, "fault injection for tests: the first attempt crashes at this epoch")
+    fail_at_epoch: int = option(0, "fault injection for tests: the first attempt crashes at this epoch", hidden=True)
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific options
 
     def validate(self) -> TrainConfig:
@@ -137,6 +141,62 @@ class ServeOptions:
             (self.gpu >= 0, "gpu", self.gpu, ">= 0"),
             (self.cpus_per_replica > 0, "cpus_per_replica", self.cpus_per_replica, "> 0"),
             (self.max_body_mb > 0, "max_body_mb", self.max_body_mb, "> 0"),
+        ]
+        for ok, key, value, expected in checks:
+            if not ok:
+                raise RaycvError(f"invalid {key}={value!r}: expected {expected}")
+        return self
+
+
+@dataclass
+class CompressOptions:
+    sparsities: tuple[float, ...] = option((0.5, 0.6, 0.7, 0.8, 0.9), "global sparsity levels, reached in order")
+    finetune_epochs: int = option(1, "fine-tuning epochs after each sparsity step")
+    finetune_steps: int = option(0, "cap on steps in every fine-tune epoch, sparse and channel (a random subset); "
+                                    "0: all")
+    lr: float | None = option(None, "fine-tuning learning rate (cosine decay); None: 0.3 x the checkpoint's")
+    batch_size: int = option(128, "fine-tuning and calibration batch size")
+    channel_ratio: float = option(0.7, "share of channels removed from every prunable layer (params shrink ~ (1-r)^2)")
+    channel_steps: int = option(3, "remove the channels in this many rounds, fine-tuning after each")
+    channel_finetune_epochs: int = option(10, "fine-tuning epochs after channel pruning, spread over the rounds "
+                                              "(removing channels changes more than a mask does)")
+    criterion: str = option("l1", "channel importance: \"l1\" (filter weight norm) or \"bn\" (BatchNorm scale)")
+    distill: float = option(1.0, "weight of the dense model's outputs as a second target while the channel-pruned "
+                                 "model fine-tunes (mean squared difference; 0: off)")
+    calibration_batches: int = option(16, "training batches that calibrate the int8 observers")
+    threads: int = option(0, "torch / onnxruntime threads for the whole run, latencies included; 0: torch's default")
+    latency_runs: int = option(20, "timed runs per measurement (the median is reported)")
+    latency_batches: tuple[int, ...] = option((1, 64), "batch sizes to time on CPU")
+    stages: tuple[str, ...] = option(("sparse", "channels", "int8", "export"),
+                                     "stages to run (the dense row always comes first)")
+    parity_tolerance: float = option(1e-4, "largest allowed |difference| between exported and PyTorch outputs")
+    seed: int = option(0, "random seed for fine-tuning")
+
+    def validate(self) -> CompressOptions:
+        valid_stages = ("sparse", "channels", "int8", "export")
+        checks = [
+            (len(self.sparsities) > 0 and all(0 < s < 1 for s in self.sparsities), "sparsities", self.sparsities,
+             "one or more fractions in (0, 1)"),
+            (list(self.sparsities) == sorted(set(self.sparsities)), "sparsities", self.sparsities,
+             "strictly increasing (pruning is iterative: each level starts from the previous one)"),
+            (self.finetune_epochs >= 0, "finetune_epochs", self.finetune_epochs, "an integer >= 0"),
+            (self.finetune_steps >= 0, "finetune_steps", self.finetune_steps, "an integer >= 0 (0: whole epoch)"),
+            (self.lr is None or self.lr > 0, "lr", self.lr, "a positive number (or None: 0.3 x the checkpoint's)"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (0 < self.channel_ratio < 1, "channel_ratio", self.channel_ratio, "a fraction in (0, 1)"),
+            (self.channel_steps >= 1, "channel_steps", self.channel_steps, "an integer >= 1"),
+            (self.distill >= 0, "distill", self.distill, "a weight >= 0"),
+            (self.channel_finetune_epochs >= 0, "channel_finetune_epochs", self.channel_finetune_epochs,
+             "an integer >= 0"),
+            (self.criterion in CRITERIA, "criterion", self.criterion, f"one of {', '.join(CRITERIA)}"),
+            (self.calibration_batches >= 1, "calibration_batches", self.calibration_batches, "an integer >= 1"),
+            (self.threads >= 0, "threads", self.threads, "an integer >= 0 (0: torch's default)"),
+            (self.latency_runs >= 1, "latency_runs", self.latency_runs, "an integer >= 1"),
+            (len(self.latency_batches) > 0 and all(b >= 1 for b in self.latency_batches), "latency_batches",
+             self.latency_batches, "one or more batch sizes >= 1"),
+            (all(s in valid_stages for s in self.stages), "stages", self.stages,
+             f"a subset of {', '.join(valid_stages)}"),
+            (self.parity_tolerance > 0, "parity_tolerance", self.parity_tolerance, "a positive number"),
         ]
         for ok, key, value, expected in checks:
             if not ok:

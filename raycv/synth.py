@@ -22,7 +22,8 @@ import raycv
 from raycv import storage
 from raycv.errors import RaycvError
 from raycv.runtime import keep_array_memory_in_heap
-from raycv.tasks import Task, get_task
+from raycv.tasks import get_task
+from raycv.tasks.base import Task
 
 MANIFEST = "manifest.json"
 MAX_BLOCK_SAMPLES = 512  # the most samples one synthesis block holds in memory (~90 MB of 300-px scenes)

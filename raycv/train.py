@@ -29,8 +29,8 @@ from raycv.errors import RaycvError
 from raycv.report import write_run_report
 from raycv.runtime import interactive
 from raycv.sparsity import apply_global_sparsity, measured_sparsity, restore_masks
-from raycv.tasks import Task, get_task
-from raycv.tasks.base import with_task_options
+from raycv.tasks import get_task
+from raycv.tasks.base import Task, with_task_options
 
 FAULT_MARKER = ".fault_injected"
 BEST_CHECKPOINT = "best"
@@ -249,7 +249,7 @@ def train_loop(config: dict[str, Any]) -> None:
             model.load_state_dict(checkpoint.load_weights(cfg.init_checkpoint))
         apply_global_sparsity(model, cfg.sparsity)
     raw_model = model
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=getattr(task, "ddp_options", {}) or None)
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=task.ddp_options or None)
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
     amp_dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -24,7 +24,8 @@ from raycv import storage
 from raycv.config import TrainConfig
 from raycv.errors import RaycvError
 from raycv.report import table, write_bytes
-from raycv.tasks import Task, get_task
+from raycv.tasks import get_task
+from raycv.tasks.base import Task
 from raycv.train import BEST_CHECKPOINT, build_trainer, prepare_datasets
 
 SAMPLERS = {

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from raycv.cli import main
 
 
@@ -30,6 +32,24 @@ def test_negative_epochs_in_a_fresh_process(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "raycv: error: invalid epochs=-3: expected an integer >= 1"
     assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_path_fails_before_ray_starts(tmp_path):
+    missing = tmp_path / "no-such-data"
+    result = subprocess.run([sys.executable, "-m", "raycv.cli", "classify", "train", "--data", str(missing)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"raycv: error: dataset not found: {missing}"  # no Ray warning before it
+
+
+def test_help_leaves_out_test_only_knobs(capsys):
+    with pytest.raises(SystemExit):
+        main(["classify", "train", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--lr" in help_text and "--fail-at-epoch" not in help_text
+    from raycv.cli import parse_args
+
+    assert parse_args(["classify", "train", "--data", "x", "--fail-at-epoch", "2"]).fail_at_epoch == 2
 
 
 def test_missing_dataset_path(ray_session, capsys, tmp_path):

@@ -1,11 +1,18 @@
-"""The tasks raycv knows, by name. Explicit on purpose: grep for a task name and you find it here."""
+"""The tasks raycv knows, by name. Explicit on purpose: grep for a task name and you find it here.
+
+Importing this package is cheap (no torch, no Ray): the command line lists tasks and reads their
+cards (tasks/cards.py) before it decides whether anything heavy must load.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from raycv.errors import RaycvError
-from raycv.tasks.base import Task
+
+if TYPE_CHECKING:
+    from raycv.tasks.base import Task
 
 TASK_MODULES = {
     "captcha": "raycv.tasks.captcha",
