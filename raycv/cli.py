@@ -78,9 +78,7 @@ def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
     if task_options:
         overrides["extra"] = {**defaults.extra, **task_options}
     cfg = defaults.replace(**overrides).validate()
-    if cfg.model not in card.model_names:
-        raise RaycvError(f"unknown model {cfg.model!r} for task {task_name}; valid models: "
-                         f"{', '.join(card.model_names)}")
+    card.check_model(cfg.model)
     return cfg
 
 

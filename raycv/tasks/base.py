@@ -108,6 +108,7 @@ class Task(ABC):
 
     def export_split(self, dataset_dir: str, split: str, meta: dict[str, Any]) -> None:
         """Extra files for a split just written as Parquet (scene tasks write its COCO JSON)."""
+        return None
 
     def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         """Real data in the task's standard formats: splits of stored rows, and the dataset meta. Tasks
@@ -121,9 +122,7 @@ class Task(ABC):
     # -- model -----------------------------------------------------------------------------------
 
     def build_model(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        if cfg.model not in self.model_names:
-            raise RaycvError(f"unknown model {cfg.model!r} for task {self.name}; "
-                             f"valid models: {', '.join(self.model_names)}")
+        self.card.check_model(cfg.model)
         return self.make_network(cfg, meta)
 
     @abstractmethod

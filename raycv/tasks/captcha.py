@@ -85,7 +85,8 @@ class CaptchaTask(Task):
 
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         backbone, channels = BACKBONES[cfg.model](cfg.width)
-        return Normalized(PositionHeads(backbone, channels, meta["length"], len(meta["alphabet"])), CIFAR_MEAN, CIFAR_STD)
+        heads = PositionHeads(backbone, channels, meta["length"], len(meta["alphabet"]))
+        return Normalized(heads, CIFAR_MEAN, CIFAR_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         # Shifts only: a flip would turn characters into non-characters.

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raycv.config import TrainConfig
+from raycv.errors import RaycvError
 
 DEFAULT_SYNTH_SIZES = {"train": 20_000, "val": 2_000}
 
@@ -30,6 +31,11 @@ class TaskCard:
     # The split sizes `raycv TASK synth` makes by default: those the default config is sized and
     # measured with.
     synth_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SYNTH_SIZES))
+
+    def check_model(self, model: str) -> None:
+        if model not in self.model_names:
+            raise RaycvError(f"unknown model {model!r} for task {self.name}; "
+                             f"valid models: {', '.join(self.model_names)}")
 
     def default_config(self) -> TrainConfig:
         """The default config with every task option's default in `extra`, so a run records how it was
