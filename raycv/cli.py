@@ -363,6 +363,15 @@ def verbs_of(task_name: str) -> dict[str, Verb]:
     return verbs
 
 
+def add_submit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("running on a cluster")
+    group.add_argument("--submit", action="store_true",
+                       help="run this command as a Ray job on a cluster (raycv/submit.py) and stream its logs; "
+                            "give paths as URIs or absolute paths the cluster can read")
+    group.add_argument("--address", help="the cluster's dashboard URL for --submit (default: $RAY_ADDRESS, "
+                                         "else http://127.0.0.1:8265)")
+
+
 def build_parser(task_names: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser of `raycv`; with `task_names`, only those tasks get their verbs' flags (the others are
     listed by name), which is all one command line needs."""
@@ -376,6 +385,7 @@ def build_parser(task_names: Sequence[str] | None = None) -> argparse.ArgumentPa
         for verb_name, verb in verbs_of(name).items():
             verb_parser = verbs.add_parser(verb_name, help=verb.help, description=verb.description or verb.help)
             verb.add_arguments(verb_parser, card)
+            add_submit_flags(verb_parser)
             verb_parser.set_defaults(run=verb.run)
     return parser
 
@@ -387,8 +397,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
+        if args.submit:
+            from raycv.submit import submit
+
+            return submit(argv, args.address)
         return args.run(args) or 0
     except RaycvError as error:
         print(f"raycv: error: {error}", file=sys.stderr)
