@@ -1,7 +1,7 @@
 """The serving baseline for `jobs/bench.py serve`: one uvicorn process, FastAPI, the same model and
 preprocessing as raycv's Serve app, one image per forward pass, no Ray. Not for production.
 
-    python jobs/baseline_server.py --checkpoint PATH --port 8100 [--threads 2]
+    python jobs/baseline_server.py --checkpoint PATH --port 8100 [--threads 2] [--device cuda]
 """
 
 import argparse
@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: compare like with like")
     args = parser.parse_args()
 
     import torch
@@ -27,7 +28,7 @@ def main() -> None:
     from raycv.inference import predict
 
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, device=torch.device(args.device))
     app = FastAPI()
 
     @app.post("/v1/{task}/predict")

@@ -48,7 +48,8 @@ def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
     """The same training step as the Ray Train loop, on batches already in device memory."""
     import torch
 
-    from raycv.train import autocast_dtype, build_on_device, build_optimizer, prepare_datasets, train_step
+    from raycv.devices import autocast_dtype
+    from raycv.train import build_on_device, build_optimizer, prepare_datasets, train_step
 
     device = torch.device("cuda" if cfg.gpu else "cpu")
     if device.type == "cpu":
@@ -59,7 +60,7 @@ def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
                for i in range(0, cfg.batch_size * 8, cfg.batch_size)]
     model = build_on_device(task, cfg, meta, device).train()
     optimizer, scheduler = build_optimizer(model, cfg, steps + 10)
-    amp_dtype = autocast_dtype(cfg, device)
+    amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     forward_model = torch.compile(model) if cfg.compile else model
     for step in range(5):  # warm-up: allocator, cudnn autotune, compile
@@ -197,7 +198,8 @@ def bench_serve(args, workdir: str) -> list[dict]:
                      **load_test(f"http://127.0.0.1:{port}/v1/classify/predict", bodies, concurrency, requests)})
     serve.shutdown()
     baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_server.py"), "--checkpoint",
-                                 checkpoint, "--port", str(port + 1), "--threads", str(args.cpus)])
+                                 checkpoint, "--port", str(port + 1), "--threads", str(args.cpus),
+                                 "--device", "cuda" if args.gpu else "cpu"])  # the same device as raycv's replicas
     try:
         for _ in range(120):
             try:

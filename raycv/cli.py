@@ -174,9 +174,12 @@ def add_train_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_train(args: argparse.Namespace) -> None:
     cfg = config_from_args(args.task, args)
     require_path(args.data, "dataset")
+    from raycv.devices import check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.train import fit
+
+    check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"training with {cfg.workers} workers")
 
     task = get_task(args.task)
     init_ray_for(args)
@@ -200,13 +203,20 @@ def add_tune_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None:
 def run_tune(args: argparse.Namespace) -> None:
     cfg = config_from_args(args.task, args)
     require_path(args.data, "dataset")
-    if args.gpus_per_trial > 0:
-        cfg = cfg.replace(gpu=True, gpus_per_worker=args.gpus_per_trial / cfg.workers)
+    if args.gpus_per_trial > 0:  # a trial's GPUs, split among its workers
+        share = args.gpus_per_trial / cfg.workers
+        if cfg.workers > 1 and not share.is_integer():
+            raise RaycvError(f"--gpus-per-trial {args.gpus_per_trial:g} with {cfg.workers} workers gives each DDP "
+                             f"worker {share:g} of a GPU, and NCCL cannot put two ranks on one GPU; give whole GPUs "
+                             f"per worker (--gpus-per-trial {cfg.workers}) or share GPUs with --workers 1")
+        cfg = cfg.replace(gpu=True, gpus_per_worker=share)
+    from raycv.devices import check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.tune import parse_space, sweep
 
     space = parse_space(args.space, cfg)
+    check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"a trial with {cfg.workers} workers")
     task = get_task(args.task)
     init_ray_for(args)
     result = sweep(task, cfg, args.data, space, name=cfg.name or "sweep", samples=args.samples,
@@ -319,8 +329,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_serve(args: argparse.Namespace) -> None:
     options = options_from_args(ServeOptions, args, task=args.task)
     require_path(args.checkpoint, "checkpoint")
+    from raycv.devices import check_local_gpus
     from raycv.serve import run_server
 
+    check_local_gpus(options.max_replicas, options.gpu, f"serving up to {options.max_replicas} replicas")
     init_ray_for(args)
     run_server(options, args.host, args.port)
 

@@ -172,7 +172,8 @@ def add_deltas(rows: list[dict[str, Any]], metric: str, batch_sizes: Iterable[in
 
 def finetune(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig, epochs: int, steps_limit: int,
              generator: torch.Generator, description: str) -> None:
-    from raycv.train import autocast_dtype, build_optimizer, train_step
+    from raycv.devices import autocast_dtype
+    from raycv.train import build_optimizer, train_step
 
     if epochs < 1:
         return
@@ -183,7 +184,7 @@ def finetune(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig,
         raise RaycvError(f"batch_size={cfg.batch_size} is larger than the {data.train_size} training rows")
     cfg = cfg.replace(epochs=epochs)
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
-    amp_dtype = autocast_dtype(cfg, device)
+    amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model.train()
     with tqdm(total=epochs * steps_per_epoch, desc=description, leave=False) as progress:

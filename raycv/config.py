@@ -50,6 +50,8 @@ class TrainConfig:
     gpu: bool = option(False, "train on GPUs (gpus_per_worker each)")
     gpus_per_worker: float = option(1.0, "GPUs per worker with --gpu; fractions let small models share a GPU")
     cpus_per_worker: float = option(1.0, "CPUs reserved per worker (= torch threads on CPU)")
+    sync_bn: bool = option(False, "SyncBatchNorm across DDP workers (GPUs): batch statistics over the global "
+                                  "batch, for small per-GPU batches")
     amp: str = option("auto", "mixed precision: auto (bf16 or fp16+GradScaler on GPU, off on CPU), bf16, fp16, off")
     channels_last: str = option("auto", "channels_last memory format: auto (on GPU; on CPU it pays for some "
                                         "networks and costs others, so tasks opt in), on, off")
@@ -75,6 +77,11 @@ class TrainConfig:
             (self.workers >= 1, "workers", self.workers, "an integer >= 1"),
             (self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number"),
             (self.gpus_per_worker > 0, "gpus_per_worker", self.gpus_per_worker, "a positive number"),
+            # Two DDP ranks on one GPU fail in NCCL ("Duplicate GPU detected"): several workers need whole GPUs.
+            (not self.gpu or self.workers == 1 or float(self.gpus_per_worker).is_integer(), "gpus_per_worker",
+             self.gpus_per_worker, f"a whole number of GPUs with {self.workers} workers (NCCL cannot put two DDP "
+             "ranks on one GPU); use fractions with --workers 1"),
+            (not self.sync_bn or self.gpu, "sync_bn", self.sync_bn, "False without --gpu (SyncBatchNorm runs on GPUs)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)"),
             (0 < self.warmup_fraction < 1, "warmup_fraction", self.warmup_fraction, "in (0, 1)"),
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),

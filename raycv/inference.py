@@ -12,12 +12,9 @@ import torch
 
 from raycv import checkpoint, storage
 from raycv.data.images import decode_image
+from raycv.devices import default_device
 from raycv.synth import open_dataset
 from raycv.errors import RaycvError
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: int = 256,
@@ -31,8 +28,7 @@ def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: in
         raise RaycvError(f"dataset {data} has classes {meta['classes']} but the checkpoint was trained on "
                          f"{loaded.dataset_meta.get('classes')}")
     decoded = splits[split].map_batches(loaded.task.decode, fn_kwargs={"meta": loaded.dataset_meta}, batch_size=256)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with torch.no_grad(), autocast:
+    with torch.no_grad():  # fp32, as validation during training: metrics under autocast are wrong (train.py)
         metrics = loaded.task.evaluate(loaded.model, decoded.iter_torch_batches(batch_size=batch_size, device=device),
                                        loaded.dataset_meta)
     return {**metrics, "samples": decoded.count()}
@@ -90,7 +86,7 @@ class FolderPredictor:
 
     def __init__(self, checkpoint_path: str, task_name: str | None):
         self.loaded = checkpoint.load_model(checkpoint_path, task_name, default_device())
-        self.image_mode = getattr(self.loaded.task, "image_mode", "RGB")
+        self.image_mode = self.loaded.task.image_mode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, errors = [], []

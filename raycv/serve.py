@@ -100,7 +100,7 @@ class ModelServer:
         if device.type == "cpu":
             torch.set_num_threads(max(1, int(self.options.cpus_per_replica)))
         self.loaded = load_model(self.options.checkpoint, self.options.task, device)
-        self.image_mode = getattr(self.loaded.task, "image_mode", "RGB")  # Task.image_mode, see tasks/base.py
+        self.image_mode = self.loaded.task.image_mode  # Task.image_mode, see tasks/base.py
         self.device = device
         self.predict_batch.set_max_batch_size(self.options.batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
@@ -115,8 +115,8 @@ class ModelServer:
         return {"task": meta["task"], "checkpoint": self.loaded.path, "model": meta["config"]["model"],
                 "width": meta["config"]["width"], "epoch": meta["epoch"], "classes": meta["dataset"].get("classes"),
                 "input_size": meta["dataset"].get("image_size"), "device": str(self.device),
-                "routes": ["predict", *getattr(self.loaded.task, "routes", {}),
-                           *getattr(self.loaded.task, "state_routes", {})],
+                "routes": ["predict", *self.loaded.task.routes,
+                           *self.loaded.task.state_routes],
                 "batch_size": self.options.batch_size, "batch_wait_ms": self.options.batch_wait_ms}
 
     @api.post("/v1/{task}/predict")
@@ -132,8 +132,8 @@ class ModelServer:
         goes through the same decoding and batched prediction as /predict, and the route's respond
         function turns image and answer into the response."""
         self.check_task(task)
-        routes = getattr(self.loaded.task, "routes", {})
-        state_routes = getattr(self.loaded.task, "state_routes", {})
+        routes = self.loaded.task.routes
+        state_routes = self.loaded.task.state_routes
         if route in state_routes:
             return await self.state_route(task, route, state_routes[route], request)
         if route not in routes:
@@ -262,7 +262,7 @@ def build_app(options: ServeOptions) -> serve.Application:
         with local_copy(options.checkpoint) as folder:
             task_name = read_meta(folder)["task"]
     route_state = None
-    if getattr(get_task(task_name), "state_routes", None):
+    if get_task(task_name).state_routes:
         # One replica on purpose: the state must be the same for every model replica.
         route_state = RouteState.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
             options.checkpoint, state_folder(options))

@@ -11,7 +11,6 @@ import logging
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from raycv import checkpoint, storage
 from raycv.config import TrainConfig
+from raycv.devices import autocast_context, autocast_dtype
 from raycv.synth import open_dataset
 from raycv.errors import RaycvError
 from raycv.report import write_run_report
@@ -134,24 +134,11 @@ def fit(task: Task, cfg: TrainConfig, data: str) -> FitResult:
 # Inside each Ray Train worker.
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it (no loss scaling needed), fp16 otherwise; off on CPU unless asked."""
-    if cfg.amp == "off" or (device.type != "cuda" and cfg.amp == "auto"):
-        return None
-    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
 def build_on_device(task: Task, cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
     model = task.build_model(cfg, meta).to(device)
     if cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda"):
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
 
 def train_step(task: Task, model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
@@ -248,15 +235,18 @@ def train_loop(config: dict[str, Any]) -> None:
         if cfg.init_checkpoint:
             model.load_state_dict(checkpoint.load_weights(cfg.init_checkpoint))
         apply_global_sparsity(model, cfg.sparsity)
+    if cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw_model = model
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=task.ddp_options or None)
     optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
-    amp_dtype = autocast_dtype(cfg, device)
+    amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if train_state is not None:
         optimizer.load_state_dict(train_state["optimizer"])
         scheduler.load_state_dict(train_state["scheduler"])
-        scaler.load_state_dict(train_state["scaler"])
+        if scaler.is_enabled() and train_state["scaler"]:  # a run resumed with another --amp starts afresh
+            scaler.load_state_dict(train_state["scaler"])
     forward_model = torch.compile(model) if cfg.compile else model
 
     writer = None
@@ -297,7 +287,9 @@ def train_loop(config: dict[str, Any]) -> None:
         images_per_s = global_sum(seen, device) / train_seconds
 
         model.eval()
-        with torch.no_grad(), autocast_context(device, amp_dtype):
+        # Metrics in fp32 whatever --amp says: under autocast, SSIM and similarity matrices come out wrong
+        # (a blurred pair's SSIM 0.76 read 0.30 in bf16), and validation is a small share of an epoch.
+        with torch.no_grad():
             val = task.evaluate(forward_model, val_shard.iter_torch_batches(batch_size=cfg.batch_size, device=device),
                                 dataset_meta)
         record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},

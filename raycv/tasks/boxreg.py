@@ -123,8 +123,8 @@ class BoxRegressionTask(Task):
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        boxes = box_convert(outputs.float().sigmoid(), "cxcywh", "xyxy")
-        return [{"box": [round(float(value) * scale, 2)
+        boxes = box_convert(outputs.float().sigmoid(), "cxcywh", "xyxy").tolist()  # one device-to-host copy
+        return [{"box": [round(value * scale, 2)
                          for value, scale in zip(box, (width, height, width, height), strict=False)]}
                 for box, (height, width) in zip(boxes, sizes, strict=False)]
 

@@ -81,9 +81,11 @@ class ClassifyTask(Task):
                     top_k: int = 5) -> list[list[dict[str, Any]]]:
         probabilities = outputs.float().softmax(dim=1)
         values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        return [[{"class": meta["classes"][i], "index": int(i), "probability": round(float(p), 6)}
-                 for p, i in zip(row_values, row_indices, strict=False)]
-                for row_values, row_indices in zip(values, indices, strict=False)]
+        # One device-to-host copy per tensor, not one per number (each float() on a GPU tensor syncs).
+        values, indices = values.tolist(), indices.tolist()
+        return [[{"class": meta["classes"][i], "index": i, "probability": round(p, 6)}
+                 for p, i in zip(row_values, row_indices, strict=True)]
+                for row_values, row_indices in zip(values, indices, strict=True)]
 
 
 def linear_baseline(splits: dict[str, ray.data.Dataset], meta: dict[str, Any], limit: int = 10_000) -> float:

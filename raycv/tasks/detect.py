@@ -266,9 +266,10 @@ class DetectTask(SceneData, Task):
             scale = torch.tensor([width / input_width, height / input_height] * 2, device=detections.boxes.device)
             limits = torch.tensor([width, height] * 2, device=detections.boxes.device)
             boxes = torch.minimum((detections.boxes * scale).clamp(min=0), limits)
-            answers.append([{"box": [round(float(v), 2) for v in box], "class": meta["classes"][int(label)],
-                             "index": int(label), "score": round(float(score), 4)}
-                            for box, score, label in zip(boxes, detections.scores, detections.labels, strict=False)])
+            # One device-to-host copy per tensor, not one per number (each float() on a GPU tensor syncs).
+            rows = zip(boxes.tolist(), detections.scores.tolist(), detections.labels.tolist(), strict=True)
+            answers.append([{"box": [round(v, 2) for v in box], "class": meta["classes"][label], "index": label,
+                             "score": round(score, 4)} for box, score, label in rows])
         return answers
 
 
