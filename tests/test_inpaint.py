@@ -15,12 +15,12 @@ from conftest import png_bytes, saved_checkpoint, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.data import pixels
+from raycv.data import quality
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
-from raycv.tasks.inpaint import (answer_image, check_mask, hole_masks, moved_holes, parse_hole, smooth_fill,
-                                 telea, with_hole)
+from raycv.tasks.inpaint import check_mask, hole_masks, moved_holes, parse_hole, smooth_fill, telea, with_hole
+from raycv.tasks.routes import answer_image
 
 TASK = get_task("inpaint")
 SMALL = {**TASK.synth_defaults, "image_size": 64, "hole_size": 21}  # the book's 42-in-128, halved
@@ -109,7 +109,7 @@ def test_evaluate_scores_the_model_and_telea_inside_the_hole():
         metrics = TASK.evaluate(model, [batch], meta)
     images = batch["image"].numpy()
     holes = hole_masks(batch["hole"], 64)[:, 0].bool().numpy()
-    expected = np.mean([float(pixels.masked_psnr(
+    expected = np.mean([float(quality.masked_psnr(
         torch.from_numpy(telea(image, hole)).permute(2, 0, 1)[None] / 255,
         torch.from_numpy(image).permute(2, 0, 1)[None] / 255, torch.from_numpy(hole)[None, None].float()))
         for image, hole in zip(images, holes, strict=False)])

@@ -16,12 +16,13 @@ from conftest import png_bytes, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
-from raycv.data import pixels
+from raycv.data import quality, resample
 from raycv.synth import synthesize
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
-from raycv.tasks.superres import answer_image, make_pair
+from raycv.tasks.routes import answer_image
+from raycv.tasks.superres import make_pair
 
 TASK = get_task("superres")
 SMALL = {**TASK.synth_defaults, "crop_size": 32}
@@ -42,7 +43,7 @@ def test_pairs_are_deterministic_and_the_low_resolution_is_the_bicubic_shrink():
     high = np.asarray(Image.open(io.BytesIO(first["hr"])))
     low = np.asarray(Image.open(io.BytesIO(first["lr"])))
     assert high.shape == (32, 32, 3) and low.shape == (16, 16, 3)
-    assert np.array_equal(low, pixels.bicubic_downscale(high, 2))
+    assert np.array_equal(low, resample.bicubic_downscale(high, 2))
     x4 = pair_batch(2, {**SMALL, "scale": 4})
     assert x4["lr"].shape == (2, 8, 8, 3) and x4["hr"].shape == (2, 32, 32, 3)
 
@@ -50,7 +51,7 @@ def test_pairs_are_deterministic_and_the_low_resolution_is_the_bicubic_shrink():
 def test_sizes_not_divisible_by_the_scale_are_cropped_or_refused_clearly():
     odd = np.random.default_rng(0).integers(0, 256, (101, 77, 3), dtype=np.uint8)
     with pytest.raises(RaycvError, match=r"101x77 image cannot be downscaled x2.*100x76"):
-        pixels.bicubic_downscale(odd, 2)
+        resample.bicubic_downscale(odd, 2)
     low, high = make_pair(odd, 2)
     assert high.shape == (100, 76, 3) and low.shape == (50, 38, 3)
     assert np.array_equal(high, odd[:100, :76])
@@ -67,13 +68,13 @@ def test_psnr_and_ssim_on_y_of_a_known_difference():
     brighter = image + np.uint8(10)
     # +10 on R, G and B moves studio-range Y by 10 * (65.481 + 128.553 + 24.966) / 255 = 10 * 219 / 255 levels
     expected = 20 * math.log10(255 * 255 / (10 * 219))
-    psnr, ssim = pixels.psnr_ssim(brighter, image)
+    psnr, ssim = quality.psnr_ssim(brighter, image)
     assert psnr == pytest.approx(expected, abs=1e-3) and 0.9 < ssim < 1.0
     # the shaved border is left out: damage there costs nothing
     damaged = brighter.copy()
     damaged[:2] = 0
-    assert pixels.psnr_ssim(damaged, image, border=2)[0] == pytest.approx(expected, abs=1e-3)
-    assert pixels.psnr_ssim(damaged, image)[0] < expected - 3
+    assert quality.psnr_ssim(damaged, image, border=2)[0] == pytest.approx(expected, abs=1e-3)
+    assert quality.psnr_ssim(damaged, image)[0] < expected - 3
 
 
 def test_masked_psnr_measures_only_the_masked_pixels():
@@ -83,7 +84,7 @@ def test_masked_psnr_measures_only_the_masked_pixels():
     result[..., 4:, :4] += 16 / 255  # off by 16 levels inside it
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 4:, :4] = 1
-    assert float(pixels.masked_psnr(result, reference, mask)) == pytest.approx(20 * math.log10(255 / 16), abs=1e-3)
+    assert float(quality.masked_psnr(result, reference, mask)) == pytest.approx(20 * math.log10(255 / 16), abs=1e-3)
 
 
 def test_a_few_training_steps_beat_bicubic():

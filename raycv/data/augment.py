@@ -39,3 +39,14 @@ def random_translate(images: torch.Tensor, pad: int, generator: torch.Generator 
     # Advanced indexing gathers an (n, h, w, c) block; move channels back to dim 1.
     cropped = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
     return cropped.permute(0, 3, 1, 2)
+
+
+def random_dihedral(*images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same random flips and transpose (one of 8 orientations) per sample for NCHW batches of
+    square images that belong together (a low- and high-resolution pair, an image and its mask):
+    edges of every orientation, eight times the data for free."""
+    flips = (lambda x: x.flip(-1), lambda x: x.flip(-2), lambda x: x.transpose(-1, -2))
+    for flip in flips:
+        chosen = (torch.rand(images[0].shape[0], device=images[0].device) < 0.5).view(-1, 1, 1, 1)
+        images = tuple(torch.where(chosen, flip(image), image) for image in images)
+    return images

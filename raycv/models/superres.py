@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raycv.data.pixels import rgb_to_ycbcr, ycbcr_to_rgb
+from raycv.data.color import rgb_to_ycbcr, ycbcr_to_rgb
 from raycv.models.common import ResidualBlock
 
 # Low-resolution pixels of context the networks below can see on each side (their receptive field,

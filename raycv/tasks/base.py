@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import ray.data
@@ -28,10 +28,17 @@ from raycv.data.images import resize_all, to_model_input
 from raycv.errors import RaycvError
 from raycv.tasks.cards import TaskCard
 
+if TYPE_CHECKING:
+    from raycv.checkpoint import LoadedModel
+
 Batch = dict[str, torch.Tensor]
 # A route's parse_query({name: [values, ...]}) -> options, called before any model work (a RaycvError
 # it raises is a 422); respond(image, answer, **options) -> JSON-able value or PNG bytes.
 Route = tuple[Callable[[dict[str, list[str]]], dict[str, Any]], Callable[..., Any]]
+# predict(loaded, images) -> answers: raycv.inference.predict, which a task function that needs its own
+# model's answers (scores on held-out photos, a gallery's embeddings) takes from its caller, since tasks
+# never import the loops.
+Predict = Callable[["LoadedModel", list[np.ndarray]], list[Any]]
 
 
 @dataclass(frozen=True)

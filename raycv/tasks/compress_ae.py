@@ -6,23 +6,22 @@ Bits per pixel are real: the latent's integer symbols are range-coded (constrict
 per-channel symbol probabilities the model learned during training, and bpp is the length of that
 bitstream (plus a 4-byte size header) over the image's pixels. Quality is PSNR and SSIM on RGB.
 
-Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image folder.
+Data: dead-leaves crops (raycv.data.natural) or, with --param images_dir=DIR, crops of any image folder.
 
 Training options (Task.train_options): --loss mse|l1 (reconstruction), --latent-channels, --levels
 (symbols per latent value), --feature-matching-weight and --adversarial-weight (aegan only).
 
 Metrics (val): psnr (ranks checkpoints), ssim, bpp, latent_per_pixel (symbols per pixel) and the
-reconstruction loss. `raycv compress_ae eval-photos --checkpoint A [--checkpoint B]` scores whole
-held-out photographs beside JPEG at the same or fewer bits; POST /v1/compress_ae/predict answers the
-bitstream and the reconstruction, POST /v1/compress_ae/reconstruct the reconstruction as image/png.
+reconstruction loss. `score_photos` scores whole held-out photographs beside JPEG at the same or fewer
+bits (`raycv compress_ae eval-photos --checkpoint A [--checkpoint B]`, raycv/verbs/compress_ae.py);
+POST /v1/compress_ae/predict answers the bitstream and the reconstruction, POST
+/v1/compress_ae/reconstruct the reconstruction as image/png.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
-import os
 import struct
 from typing import Any
 from collections.abc import Iterable
@@ -33,13 +32,20 @@ import torchmetrics
 from PIL import Image
 from torch import nn
 
+from raycv.checkpoint import LoadedModel
 from raycv.config import TrainConfig
-from raycv.data import pixels
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.augment import random_dihedral
+from raycv.data.figures import busiest_window, side_by_side, write_png, zoom
+from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
+from raycv.data.natural import check_images_dir, training_crop
+from raycv.data.photos import real_photos
+from raycv.data.quality import ImageQuality, psnr_ssim
+from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
-from raycv.tasks.base import Task
+from raycv.tasks.base import Predict, Task
 from raycv.tasks.cards import CARDS
+from raycv.tasks.routes import answer_image, no_query, png_response
 
 MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder}
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
@@ -107,39 +113,33 @@ def jpeg_at_most(image: np.ndarray, bits: float) -> tuple[np.ndarray, float, int
     return decode_image(data), 8 * len(data) / (image.shape[0] * image.shape[1]), quality
 
 
-def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
+def score_photos(models: list[LoadedModel], predict: Predict, names: tuple[str, ...] | None = None,
                  out: str | None = None) -> list[dict[str, Any]]:
-    """Per photo and codec (each checkpoint, then JPEG at no more bits than the first): bpp, PSNR and
-    SSIM on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device, predict
-
-    models = [load_model(path, "compress_ae", default_device()) for path in checkpoints]
+    """Per photo and codec (each model, then JPEG at no more bits than the first): bpp, PSNR and SSIM
+    on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
     rows = []
-    for name, photo in pixels.real_photos(names).items():
+    for name, photo in real_photos(names).items():
         pictures = [("original", photo)]
         first_bits = None
         for loaded in models:
             answer = predict(loaded, [photo])[0]
-            result = pixels.answer_image(answer)
+            result = answer_image(answer)
             first_bits = first_bits or 8 * answer["bytes"]
-            psnr, ssim = pixels.psnr_ssim(result, photo, luma=False)
+            psnr, ssim = psnr_ssim(result, photo, luma=False)
             label = loaded.meta["config"]["model"]
             rows.append({"image": name, "codec": label, "bpp": round(answer["bpp"], 3), "psnr": round(psnr, 2),
                          "ssim": round(ssim, 4)})
             pictures.append((f"{label} {answer['bpp']:.2f} bpp {psnr:.1f} dB", result))
         jpeg, jpeg_bpp, quality = jpeg_at_most(photo, first_bits)
-        psnr, ssim = pixels.psnr_ssim(jpeg, photo, luma=False)
+        psnr, ssim = psnr_ssim(jpeg, photo, luma=False)
         rows.append({"image": name, "codec": f"jpeg q{quality}", "bpp": round(jpeg_bpp, 3), "psnr": round(psnr, 2),
                      "ssim": round(ssim, 4)})
         pictures.append((f"JPEG {jpeg_bpp:.2f} bpp {psnr:.1f} dB", jpeg))
         if out:
-            os.makedirs(out, exist_ok=True)
-            top, left = pixels.busiest_window(photo, 128)
+            top, left = busiest_window(photo, 128)
             box = (top, left, min(128, photo.shape[0]), min(128, photo.shape[1]))
-            panels = pixels.side_by_side([(label, pixels.zoom(image, box, 2)) for label, image in pictures])
-            with open(os.path.join(out, f"{name}_compress.png"), "wb") as file:
-                file.write(encode_png(panels))
+            panels = side_by_side([(label, zoom(image, box, 2)) for label, image in pictures])
+            write_png(out, f"{name}_compress.png", panels)
     codecs = list(dict.fromkeys(row["codec"].split(" q")[0] for row in rows))
     for codec in codecs:
         mine = [row for row in rows if row["codec"].split(" q")[0] == codec and row["image"] != "mean"]
@@ -148,18 +148,6 @@ def score_photos(checkpoints: list[str], names: tuple[str, ...] | None = None,
                                    4 if key == "ssim" else 3 if key == "bpp" else 2)
                         for key in ("bpp", "psnr", "ssim")}})
     return rows
-
-
-def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    pixels.add_photo_arguments(parser, "a trained compress_ae checkpoint (repeatable: ae and aegan side by side)",
-                               repeat_checkpoint=True)
-
-
-def run_eval_photos(args: argparse.Namespace) -> int:
-    """bpp, PSNR and SSIM of each checkpoint and of JPEG at no more bits, per held-out photograph"""
-    rows = score_photos(args.checkpoint, pixels.photo_names(args.photos), args.out or None)
-    return pixels.report_photos(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; "
-                                      "JPEG at no more bits than the first checkpoint)", args.out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,17 +166,17 @@ class CompressAETask(Task):
     metric = "psnr"
     metric_mode = "max"
     synth_defaults = {"image_size": 64, "images_dir": ""}
-    routes = {"reconstruct": (pixels.no_query("/v1/compress_ae/reconstruct"), pixels.png_response)}
+    routes = {"reconstruct": (no_query("/v1/compress_ae/reconstruct"), png_response)}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
         if size < 4 * DOWNSAMPLE or size % DOWNSAMPLE:
             raise RaycvError(f"invalid image_size={size}: expected a multiple of {DOWNSAMPLE} >= {4 * DOWNSAMPLE}")
-        pixels.check_images_dir(params["images_dir"])
+        check_images_dir(params["images_dir"])
         return {"image_size": [size, size], "source": params["images_dir"] or "dead leaves"}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
-        return {"image": encode_png(pixels.training_crop(rng, int(params["image_size"]), params["images_dir"]))}
+        return {"image": encode_png(training_crop(rng, int(params["image_size"]), params["images_dir"]))}
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": np.stack([decode_image(data) for data in batch["image"]])}
@@ -204,7 +192,7 @@ class CompressAETask(Task):
         return MODELS[cfg.model](cfg.width, channels, levels)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"image": pixels.random_dihedral(to_model_input(batch["image"]))[0]}
+        return {"image": random_dihedral(to_model_input(batch["image"]))[0]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         images = to_model_input(batch["image"])
@@ -218,7 +206,7 @@ class CompressAETask(Task):
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
-        quality = pixels.ImageQuality(device, luma=False)
+        quality = ImageQuality(device, luma=False)
         bpp, mean_loss = torchmetrics.MeanMetric().to(device), torchmetrics.MeanMetric().to(device)
         latent_per_pixel = 0.0
         for batch in batches:
@@ -236,7 +224,7 @@ class CompressAETask(Task):
                 "loss": float(mean_loss.compute())}
 
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return pixels.stack_padded(images, multiple=DOWNSAMPLE)
+        return stack_padded(images, multiple=DOWNSAMPLE)
 
     def postprocess(self, outputs: dict[str, torch.Tensor], meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
@@ -244,7 +232,7 @@ class CompressAETask(Task):
         pixels) and the decoder's reconstruction as a base64 PNG at the image's size. The code holds
         the image's own ceil(h/8) x ceil(w/8) latent; decoding it alone gives the reconstruction
         exactly when the image was not batched with larger ones."""
-        images = pixels.to_uint8_images(outputs["reconstruction"].float())
+        images = to_uint8_images(outputs["reconstruction"].float())
         probabilities = outputs["probabilities"].float().cpu().numpy()
         answers = []
         for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes,
@@ -267,7 +255,7 @@ def decompress(model: nn.Module, code: bytes, height: int, width: int) -> np.nda
     symbols = torch.from_numpy(decode_symbols(code, probabilities)).float()[None]
     with torch.inference_mode():
         reconstruction = autoencoder.decoder(symbols.to(next(autoencoder.parameters()).device))
-    return pixels.to_uint8_images(reconstruction)[0, :height, :width]
+    return to_uint8_images(reconstruction)[0, :height, :width]
 
 
 TASK = CompressAETask()

@@ -10,13 +10,13 @@ real images at 64 and 32 pixels (Karras et al. 2018, who use it on multi-scale p
 network needed, unlike FID), beside swd_real, the same distance between two halves of the real
 images: the floor a perfect generator would reach. Lower is better.
 
-Extras: `raycv dcgan samples --checkpoint ... --out grid.png` writes a sample grid. Serving: the
-request image only seeds the noise (its pixels' CRC), so the same image always gets the same sample.
+Extras: `sample_grid`, which `raycv dcgan samples --checkpoint ... --out grid.png` writes
+(raycv/verbs/dcgan.py). Serving: the request image only seeds the noise (its pixels' CRC), so the
+same image always gets the same sample.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import zlib
 from typing import Any
@@ -28,9 +28,11 @@ import torchmetrics
 from torch import nn
 
 from raycv.config import TrainConfig
-from raycv.data import pixels, procedural
-from raycv.data.images import decode_image, encode_png, to_model_input
-from raycv.errors import RaycvError
+from raycv.data import procedural
+from raycv.data.augment import random_dihedral
+from raycv.data.figures import grid
+from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
+from raycv.data.natural import check_images_dir, photo_crop
 from raycv.models.dcgan import DCGAN, NOISE_DIM
 from raycv.tasks.base import Task
 from raycv.tasks.cards import CARDS
@@ -69,30 +71,7 @@ def noise_for(seeds: list[int], device: torch.device | str = "cpu") -> torch.Ten
 def sample_grid(model: nn.Module, count: int = 64, seed: int = 0, columns: int = 8) -> np.ndarray:
     with torch.inference_mode():
         images = model.eval()(noise_for(list(range(seed, seed + count)), next(model.parameters()).device))
-    return pixels.grid(pixels.to_uint8_images(images), columns)
-
-
-def add_samples_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained dcgan checkpoint")
-    parser.add_argument("--out", required=True, help="where to write the grid PNG")
-    parser.add_argument("--count", type=int, default=64, help="samples (default 64, an 8x8 grid)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seeds seed, seed + 1, ...")
-
-
-def run_samples(args: argparse.Namespace) -> int:
-    """write a grid of generated 64x64 samples"""
-    from raycv.checkpoint import load_model
-
-    if not 1 <= args.count <= 1024:
-        raise RaycvError(f"invalid --count {args.count}: expected 1..1024")
-    loaded = load_model(args.checkpoint, "dcgan")
-    try:
-        with open(args.out, "wb") as file:
-            file.write(encode_png(sample_grid(loaded.model, args.count, args.seed)))
-    except OSError as problem:
-        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
-    print(f"{args.out}: {args.count} samples (seeds {args.seed}..{args.seed + args.count - 1})")
-    return 0
+    return grid(to_uint8_images(images), columns)
 
 
 def the_gan(model: nn.Module) -> DCGAN:
@@ -107,12 +86,12 @@ class DCGANTask(Task):
     ddp_options = {"find_unused_parameters": True}  # the player sitting a step out has no gradient
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
-        pixels.check_images_dir(params["images_dir"])
+        check_images_dir(params["images_dir"])
         return {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "source": params["images_dir"] or "procedural shapes"}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         if params["images_dir"]:
-            image = pixels.photo_crop(rng, params["images_dir"], IMAGE_SIZE)
+            image = photo_crop(rng, params["images_dir"], IMAGE_SIZE)
         else:
             image = procedural.render_shape_image(rng, int(rng.integers(len(procedural.SHAPE_CLASSES))), IMAGE_SIZE)
         return {"image": encode_png(image)}
@@ -124,7 +103,7 @@ class DCGANTask(Task):
         return DCGAN(cfg.width)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"image": pixels.random_dihedral(to_model_input(batch["image"]))[0]}
+        return {"image": random_dihedral(to_model_input(batch["image"]))[0]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         return model(to_model_input(batch["image"]))["loss"]
@@ -149,7 +128,7 @@ class DCGANTask(Task):
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per request image: one generated 64x64 sample as a base64 PNG."""
         return [{"image_png": base64.b64encode(encode_png(image)).decode("ascii")}
-                for image in pixels.to_uint8_images(outputs.float())]
+                for image in to_uint8_images(outputs.float())]
 
 
 TASK = DCGANTask()

@@ -10,7 +10,7 @@ at zero, so training starts from the prior rather than from grey. Outside the ho
 exactly, so only the hole is ever the network's.
 The loss is the mean squared error inside the hole, the quantity PSNR measures.
 
-Data: dead-leaves crops (raycv.data.pixels) or, with --param images_dir=DIR, crops of any image
+Data: dead-leaves crops (raycv.data.natural) or, with --param images_dir=DIR, crops of any image
 folder; each stored row carries one hole (the validation holes are fixed), and training draws a new
 hole per sample and step.
 
@@ -19,16 +19,15 @@ minus Telea), psnr_hole_prior (the smooth prior alone: what the network adds) an
 
 Masks in and out: the model's input is RGB plus the mask (1 = hole). Served and predicted images
 carry the mask in their alpha channel (Task.image_mode = "RGBA"; transparent = the hole, as in
-common image-editing APIs); `raycv inpaint fill --image IMG --mask MASK` takes the mask as its own
-file (white = hole, cv2.inpaint's convention) or --hole X,Y,W,H. POST /v1/inpaint/fill answers the
+common image-editing APIs); `raycv inpaint fill --image IMG --mask MASK` (raycv/verbs/inpaint.py) takes
+the mask as its own file (white = hole, cv2.inpaint's convention, read by `check_mask`) or --hole X,Y,W,H
+(`parse_hole`). POST /v1/inpaint/fill answers the
 filled image as image/png; /v1/inpaint/predict answers JSON with the PNG in base64.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
 from typing import Any
 from collections.abc import Iterable
 
@@ -38,14 +37,20 @@ import torch
 import torchmetrics
 from torch import nn
 
+from raycv.checkpoint import LoadedModel
 from raycv.config import TrainConfig
-from raycv.data import pixels
-from raycv.data.pixels import answer_image
-from raycv.data.images import decode_image, encode_png, to_model_input
+from raycv.data.augment import random_dihedral
+from raycv.data.figures import side_by_side, write_png
+from raycv.data.images import as_batch, decode_image, encode_png, to_model_input, to_uint8_images
+from raycv.data.natural import check_images_dir, training_crop
+from raycv.data.photos import real_photos
+from raycv.data.quality import masked_psnr
+from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.unet import INPUT_MULTIPLE, UNet
-from raycv.tasks.base import Task
+from raycv.tasks.base import Predict, Task
 from raycv.tasks.cards import CARDS
+from raycv.tasks.routes import answer_image, answer_png, no_query
 
 TELEA_RADIUS = 3  # OpenCV's documented example radius
 PHOTO_CROPS = 8  # held-out crops per photograph in eval-photos
@@ -175,7 +180,7 @@ def masked_mse(result: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 
 
 # ---------------------------------------------------------------------------------------------------
-# Held-out photographs, the fill verb and the Serve route.
+# Held-out photographs and the Serve route.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -198,24 +203,23 @@ def photo_crops(photo: np.ndarray, name: str, size: int, hole: int, count: int) 
 
 def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
     hole = torch.from_numpy(hole)[None, None].float()
-    return float(pixels.masked_psnr(pixels.as_batch(result), pixels.as_batch(original), hole))
+    return float(masked_psnr(as_batch(result), as_batch(original), hole))
 
 
 def prior_image(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """The smooth prior alone (no network) on a uint8 RGB image: the baseline the network corrects."""
     mask = torch.from_numpy(hole)[None, None].float()
-    filled = smooth_fill(pixels.as_batch(image) * (1 - mask), mask)
-    return pixels.to_uint8_images(filled)[0]
+    filled = smooth_fill(as_batch(image) * (1 - mask), mask)
+    return to_uint8_images(filled)[0]
 
 
-def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None = None) -> list[dict[str, Any]]:
+def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] | None = None,
+                 out: str | None = None) -> list[dict[str, Any]]:
     """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
     With `out`, a side-by-side PNG of each photo's first crop."""
-    from raycv.inference import predict
-
     size, hole_side = int(loaded.dataset_meta["image_size"][0]), int(loaded.dataset_meta["hole_size"])
     rows = []
-    for name, photo in pixels.real_photos(names).items():
+    for name, photo in real_photos(names).items():
         crops = photo_crops(photo, name, size, hole_side, PHOTO_CROPS)
         if not crops:
             continue
@@ -227,12 +231,10 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
             telea_scores.append(hole_psnr(baseline, crop, hole))
             prior_scores.append(hole_psnr(prior_image(crop, hole), crop, hole))
             if out and index == 0:
-                os.makedirs(out, exist_ok=True)
                 shown = np.where(hole[..., None], np.uint8(255), crop)
-                panels = pixels.side_by_side([("input (hole)", shown), ("cv2.inpaint Telea", baseline),
-                                              ("raycv inpaint", filled), ("original", crop)])
-                with open(os.path.join(out, f"{name}_inpaint.png"), "wb") as file:
-                    file.write(encode_png(panels))
+                panels = side_by_side([("input (hole)", shown), ("cv2.inpaint Telea", baseline),
+                                       ("raycv inpaint", filled), ("original", crop)])
+                write_png(out, f"{name}_inpaint.png", panels)
         rows.append({"image": name, "crops": len(crops), "telea_psnr_hole": round(float(np.mean(telea_scores)), 2),
                      "prior_psnr_hole": round(float(np.mean(prior_scores)), 2),
                      "model_psnr_hole": round(float(np.mean(model_scores)), 2),
@@ -243,60 +245,12 @@ def score_photos(loaded, names: tuple[str, ...] | None = None, out: str | None =
     return rows
 
 
-def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
-    pixels.add_photo_arguments(parser, "a trained inpaint checkpoint")
-
-
-def run_eval_photos(args: argparse.Namespace) -> int:
-    """PSNR inside the hole, cv2.inpaint (Telea) vs the model, on held-out photographs"""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device
-
-    loaded = load_model(args.checkpoint, "inpaint", default_device())
-    rows = score_photos(loaded, pixels.photo_names(args.photos), args.out or None)
-    meta = loaded.dataset_meta
-    return pixels.report_photos(rows, f"inpaint: {meta['hole_size']}-px holes in {meta['image_size'][0]}-px crops of "
-                                      f"photographs never trained on ({PHOTO_CROPS} per photo; "
-                                      "PSNR inside the hole, RGB)",
-                                args.out)
-
-
-def add_fill_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained inpaint checkpoint")
-    parser.add_argument("--image", required=True, help="the picture (PNG, JPEG, ...)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--mask", help="a mask image of the same size: white (> 127) where to fill")
-    where.add_argument("--hole", help="a rectangle to fill: X,Y,WIDTH,HEIGHT in pixels")
-    parser.add_argument("--out", required=True, help="where to write the filled PNG")
-
-
-def run_fill(args: argparse.Namespace) -> int:
-    """fill the masked part of an image and write it as PNG"""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device, predict, read_image_files
-
-    loaded = load_model(args.checkpoint, "inpaint", default_device())
-    image = read_image_files([args.image])[0]
-    if args.mask:
-        hole = check_mask(read_image_files([args.mask], mode="L")[0], image.shape)
-    else:
-        hole = parse_hole(args.hole, image.shape)
-    answer = predict(loaded, [with_hole(image, hole)])[0]
-    try:
-        with open(args.out, "wb") as file:
-            file.write(pixels.answer_png(answer))
-    except OSError as problem:
-        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
-    print(f"{args.out}: filled {answer['hole_pixels']} pixels of {image.shape[1]}x{image.shape[0]}")
-    return 0
-
-
 def filled_png(image: np.ndarray, answer: dict[str, Any]) -> bytes:
     if answer["hole_pixels"] == 0:
         raise RaycvError("the image has no transparent pixels: send an RGBA PNG whose alpha is 0 where to fill")
     if answer["hole_pixels"] == image.shape[0] * image.shape[1]:
         raise RaycvError("the whole image is transparent: there is nothing left to fill the hole from")
-    return pixels.answer_png(answer)
+    return answer_png(answer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,7 +264,7 @@ class InpaintTask(Task):
     metric_mode = "max"
     synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
     image_mode = "RGBA"
-    routes = {"fill": (pixels.no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
+    routes = {"fill": (no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size, hole = int(params["image_size"]), int(params["hole_size"])
@@ -319,12 +273,12 @@ class InpaintTask(Task):
                              "e.g. 128")
         if not 1 <= hole < size:
             raise RaycvError(f"invalid hole_size={hole}: expected 1 <= hole_size < image_size={size}")
-        pixels.check_images_dir(params["images_dir"])
+        check_images_dir(params["images_dir"])
         return {"image_size": [size, size], "hole_size": hole, "source": params["images_dir"] or "dead leaves"}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         size, hole = int(params["image_size"]), int(params["hole_size"])
-        image = pixels.training_crop(rng, size, params["images_dir"])
+        image = training_crop(rng, size, params["images_dir"])
         x, y = rng.integers(0, size - hole + 1, 2)
         return {"image": encode_png(image), "hole": np.array([x, y, hole], dtype=np.int64)}  # x, y, side
 
@@ -336,7 +290,7 @@ class InpaintTask(Task):
         return HoleFiller(cfg.width)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        images = pixels.random_dihedral(to_model_input(batch["image"]))[0]
+        images = random_dihedral(to_model_input(batch["image"]))[0]
         return {"image": images, "hole": moved_holes(batch["hole"], images.shape[-1])}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
@@ -356,10 +310,9 @@ class InpaintTask(Task):
             holes = masks[:, 0].bool().cpu().numpy()
             telea_filled = np.stack([telea(image, hole)
                                      for image, hole in zip(batch["image"].cpu().numpy(), holes, strict=False)])
-            learned.update(pixels.masked_psnr(filled, images, masks))
-            baseline.update(pixels.masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images,
-                                               masks))
-            prior.update(pixels.masked_psnr(smooth_fill(images * (1 - masks), masks), images, masks))
+            learned.update(masked_psnr(filled, images, masks))
+            baseline.update(masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images, masks))
+            prior.update(masked_psnr(smooth_fill(images * (1 - masks), masks), images, masks))
             mean_loss.update(masked_mse(filled, images, masks), weight=len(images))
         model_psnr, telea_psnr = float(learned.compute()), float(baseline.compute())
         return {"psnr_hole": model_psnr, "psnr_hole_telea": telea_psnr, "psnr_gain": model_psnr - telea_psnr,
@@ -367,13 +320,13 @@ class InpaintTask(Task):
 
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
         """RGBA (alpha 0 = hole) of any size to RGB + mask, replicate-padded to multiples of 32."""
-        batch = pixels.stack_padded(images, multiple=INPUT_MULTIPLE)
+        batch = stack_padded(images, multiple=INPUT_MULTIPLE)
         return torch.cat([batch[:, :3], (batch[:, 3:4] < 0.5).float()], dim=1)
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: the filled image as a base64 PNG (the caller's size) and how many pixels were filled."""
-        images = pixels.to_uint8_images(outputs[:, :3].float())
+        images = to_uint8_images(outputs[:, :3].float())
         masks = outputs[:, 3].cpu().numpy() > 0.5
         answers = []
         for image, mask, (height, width) in zip(images, masks, sizes, strict=False):

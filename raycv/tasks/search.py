@@ -18,17 +18,16 @@ weights and searches unnormalised vectors by Euclidean distance with a KD-tree. 
   map = mean average precision over all of the identity's other photos. Queries whose identity has no
   other photo are left out.
 - index: raycv/index.py (cosine; FAISS flat or HNSW, scikit-learn brute force without FAISS).
-- extras: `raycv search gallery` embeds a folder or dataset split with a Ray Data actor pool into an
-  index; `raycv search query` searches one; `raycv search pairs` is the book's pair-similarity demo;
-  `raycv search compare-heads` trains CosFace and softmax on the same data and prints both; the Serve
-  app gets POST /v1/search/index?id=..., /v1/search/query?k=..., /v1/search/remove?id=... on a
-  persisted gallery.
+- extras, the plain functions behind raycv/verbs/search.py: `embed_rows` embeds a folder or dataset
+  split with a Ray Data actor pool (`raycv search gallery` indexes the result; `raycv search query`
+  searches it); `demo_pairs`, `pair_similarity` and `similarity_figure` make the book's
+  pair-similarity demo (`raycv search pairs`); `head_configs` are the runs `raycv search compare-heads`
+  trains to compare CosFace with softmax on the same data. The Serve app gets POST
+  /v1/search/index?id=..., /v1/search/query?k=..., /v1/search/remove?id=... on a persisted gallery.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 from collections.abc import Iterable
 
@@ -39,16 +38,18 @@ import torchmetrics
 from torch import nn
 
 from raycv import storage
+from raycv.checkpoint import load_model
 from raycv.config import TrainConfig
 from raycv.data import augment, formats
 from raycv.data.faces import identity_traits, render_face
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
+from raycv.devices import default_device
 from raycv.errors import RaycvError
-from raycv.index import KINDS, EmbeddingIndex
+from raycv.index import EmbeddingIndex
 from raycv.models.cifar import CifarResNet
 from raycv.models.common import Normalized
 from raycv.models.embedding import HEADS, EmbeddingNet, build_head
-from raycv.tasks.base import StateRoute, Task
+from raycv.tasks.base import Predict, StateRoute, Task
 from raycv.tasks.cards import CARDS
 
 TRAIN_OPTIONS = CARDS["search"].train_options
@@ -111,9 +112,13 @@ class Gallery:
         self.index.save(self.folder)
 
 
+def embedding_dim(checkpoint_meta: dict[str, Any]) -> int:
+    """The size of the embeddings a checkpoint (its meta.json) makes."""
+    return int(checkpoint_meta["config"]["extra"].get("embedding_dim", TRAIN_OPTIONS["embedding_dim"][0]))
+
+
 def open_gallery(folder: str, checkpoint_meta: dict[str, Any]) -> Gallery:
-    return Gallery(folder, int(checkpoint_meta["config"]["extra"].get("embedding_dim",
-                                                                      TRAIN_OPTIONS["embedding_dim"][0])))
+    return Gallery(folder, embedding_dim(checkpoint_meta))
 
 
 def answer_embeddings(answers: list[dict[str, Any]]) -> np.ndarray:
@@ -165,25 +170,22 @@ def remove_from_gallery(gallery: Gallery, answers: list[Any], ids: list[str]) ->
 class Embedder:
     """A model replica for Ray Data's actor pool: rows of image bytes to (key, embedding)."""
 
-    def __init__(self, checkpoint_path: str):
-        from raycv.checkpoint import load_model
-        from raycv.inference import default_device
-
+    def __init__(self, checkpoint_path: str, predict: Predict):
         self.loaded = load_model(checkpoint_path, "search", default_device())
+        self.predict = predict
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from raycv.inference import predict
-
         column = "bytes" if "bytes" in batch else "image"
         images = [decode_image(data) for data in batch[column]]
-        embeddings = answer_embeddings(predict(self.loaded, images))
+        embeddings = answer_embeddings(self.predict(self.loaded, images))
         return {"key": batch["key"], "embedding": embeddings}
 
 
-def embed_rows(checkpoint_path: str, rows: ray.data.Dataset, concurrency: int, batch_size: int,
+def embed_rows(checkpoint_path: str, rows: ray.data.Dataset, predict: Predict, concurrency: int, batch_size: int,
                cpus_per_actor: float) -> tuple[list[str], np.ndarray]:
     """Embeddings of every row ("key" and image bytes) with `concurrency` model actors."""
-    embedded = rows.map_batches(Embedder, fn_constructor_kwargs={"checkpoint_path": checkpoint_path},
+    embedded = rows.map_batches(Embedder, fn_constructor_kwargs={"checkpoint_path": checkpoint_path,
+                                                                 "predict": predict},
                                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency),
                                 batch_size=batch_size, num_cpus=cpus_per_actor)
     keys, vectors = [], []
@@ -193,86 +195,25 @@ def embed_rows(checkpoint_path: str, rows: ray.data.Dataset, concurrency: int, b
     return keys, np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
 
 
-def gallery_rows(args: argparse.Namespace) -> ray.data.Dataset:
-    """The images to index: a folder (ids are paths relative to it) or a dataset split (ids are
-    IDENTITY/ROW)."""
-    if args.images:
-        folder = storage.absolute(args.images).rstrip("/")
-        if not storage.is_dir(folder):
-            raise RaycvError(f"image folder not found: {folder}")
-        files = ray.data.read_binary_files(folder, include_paths=True, file_extensions=[
-            extension.lstrip(".") for extension in formats.IMAGE_EXTENSIONS])
-        return files.map_batches(lambda batch: {"key": np.array([p[len(folder) + 1:] for p in batch["path"]]),
-                                                "bytes": batch["bytes"]}, batch_size=1024)
-    from raycv.synth import open_dataset
+def folder_gallery_rows(folder: str) -> ray.data.Dataset:
+    """The images under `folder` (any depth) to index, keyed by their paths relative to it."""
+    folder = storage.absolute(folder).rstrip("/")
+    if not storage.is_dir(folder):
+        raise RaycvError(f"image folder not found: {folder}")
+    files = ray.data.read_binary_files(folder, include_paths=True, file_extensions=[
+        extension.lstrip(".") for extension in formats.IMAGE_EXTENSIONS])
+    return files.map_batches(lambda batch: {"key": np.array([p[len(folder) + 1:] for p in batch["path"]]),
+                                            "bytes": batch["bytes"]}, batch_size=1024)
 
-    splits, _ = open_dataset(TASK, args.data)
-    if args.split not in splits:
-        raise RaycvError(f"dataset {args.data} has no split {args.split!r}; splits: {', '.join(splits)}")
-    if "id" not in splits[args.split].schema().names:
-        raise RaycvError(f"{args.data} is not a synthesized search dataset: index an image folder with --images")
-    return splits[args.split].map_batches(
+
+def split_gallery_rows(split: ray.data.Dataset, data: str) -> ray.data.Dataset:
+    """The images of a split of the synthesized search dataset at `data` to index, keyed IDENTITY/ROW."""
+    if "id" not in split.schema().names:
+        raise RaycvError(f"{data} is not a synthesized search dataset: index an image folder with --images")
+    return split.map_batches(
         lambda batch: {"key": np.array([f"{label}/{row}"
                                         for label, row in zip(batch["label"], batch["id"], strict=False)]),
                        "image": batch["image"]}, batch_size=1024)
-
-
-def add_gallery_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained search checkpoint")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", help="a folder of images (any depth); an image's id is its path in the folder")
-    source.add_argument("--data", help="a search dataset; ids are IDENTITY/ROW")
-    parser.add_argument("--split", default="val", help="with --data: the split to index")
-    parser.add_argument("--out", required=True, help="the index folder (serve it with --state-dir)")
-    parser.add_argument("--kind", default="flat", choices=KINDS, help="flat: exact; hnsw: approximate, faster on "
-                                                                      "large galleries (needs FAISS)")
-    parser.add_argument("--concurrency", type=int, default=2, help="model actors")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per model call")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor")
-
-
-def run_gallery(args: argparse.Namespace) -> int:
-    """embed a folder or dataset split into a search index (Ray Data actor pool)"""
-    import time
-
-    from raycv.checkpoint import load_model
-    from raycv.runtime import init_ray
-
-    loaded = load_model(args.checkpoint, "search")  # fail fast on a wrong checkpoint
-    init_ray()
-    started = time.perf_counter()
-    keys, vectors = embed_rows(args.checkpoint, gallery_rows(args), args.concurrency, args.batch_size,
-                               args.cpus_per_actor)
-    if not keys:
-        raise RaycvError("no images found to index")
-    index = EmbeddingIndex(int(loaded.config.extra.get("embedding_dim", 512)), args.kind)
-    index.add(keys, vectors)
-    index.save(storage.absolute(args.out))
-    seconds = time.perf_counter() - started
-    print(f"{args.out}: {len(index)} images indexed ({args.kind}) in {seconds:.1f} s "
-          f"({len(index) / seconds:.0f} images/s)")
-    return 0
-
-
-def add_query_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="the search checkpoint the index was built with")
-    parser.add_argument("--index", required=True, help="an index folder (raycv search gallery --out)")
-    parser.add_argument("-k", type=int, default=DEFAULT_K, help="results per image")
-    parser.add_argument("images", nargs="+", help="query images")
-
-
-def run_query(args: argparse.Namespace) -> int:
-    """find the most similar gallery images to each query image"""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device, predict, read_image_files
-
-    loaded = load_model(args.checkpoint, "search", default_device())
-    gallery = open_gallery(storage.absolute(args.index), loaded.meta)
-    answers = predict(loaded, read_image_files(args.images))
-    for path, row in zip(args.images, search_gallery(gallery, answers, parse_k({"k": [str(args.k)]})["k"])["results"],
-                         strict=False):
-        print(f"{path}: {json.dumps(row)}")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,52 +260,18 @@ def similarity_figure(images: list[np.ndarray], similarity: np.ndarray, names: l
     plt.close(figure)
 
 
-def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained search checkpoint")
-    parser.add_argument("--data", help="take photos from this dataset (two per identity)")
-    parser.add_argument("--split", default="val", help="with --data: the split (val: identities unseen in training)")
-    parser.add_argument("--identities", type=int, default=4, help="with --data: how many identities")
-    parser.add_argument("--out", help="also draw the table to this PNG")
-    parser.add_argument("images", nargs="*", help="or: image files to compare with each other")
+def pair_similarity(answers: list[dict[str, Any]]) -> np.ndarray:
+    """The cosine similarity of every pair of the images `answers` are the predictions for."""
+    embeddings = answer_embeddings(answers)
+    return embeddings @ embeddings.T
 
 
-def run_pairs(args: argparse.Namespace) -> int:
-    """cosine similarity of every pair of photos (textbook 7: same identity high, others low)"""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device, predict, read_image_files
-    from raycv.report import table
-
-    loaded = load_model(args.checkpoint, "search", default_device())
-    if args.images:
-        images, names = read_image_files(args.images), [path.rsplit("/", 1)[-1] for path in args.images]
-        labels = None
-    elif args.data:
-        from raycv.synth import open_dataset
-        from raycv.runtime import init_ray
-
-        init_ray()
-        splits, _ = open_dataset(TASK, args.data)
-        if args.split not in splits:
-            raise RaycvError(f"dataset {args.data} has no split {args.split!r}; splits: {', '.join(splits)}")
-        images, labels = demo_pairs(splits[args.split], args.identities)
-        names = [f"id {label}" for label in labels]
-    else:
-        raise RaycvError("give image files to compare, or --data DATASET to take photos from")
-    if len(images) < 2:
-        raise RaycvError("need at least two images to compare")
-    embeddings = answer_embeddings(predict(loaded, images))
-    similarity = embeddings @ embeddings.T
-    print(table([{"": names[i], **{f"{j}": f"{similarity[i, j]:.3f}" for j in range(len(names))}}
-                 for i in range(len(names))], "cosine similarity"))
-    if labels is not None:
-        same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
-        different = ~np.equal.outer(labels, labels)
-        print(f"same identity: mean {similarity[same].mean():.3f}   different identities: mean "
-              f"{similarity[different].mean():.3f} (max {similarity[different].max():.3f})")
-    if args.out:
-        similarity_figure(images, similarity, names, args.out)
-        print(f"wrote {args.out}")
-    return 0
+def identity_separation(similarity: np.ndarray, labels: list[int]) -> tuple[float, float, float]:
+    """How far apart pair_similarity holds identities: the mean similarity of two photos of one
+    identity, that of two different identities, and the highest between different identities."""
+    same = np.equal.outer(labels, labels) & ~np.eye(len(labels), dtype=bool)
+    different = ~np.equal.outer(labels, labels)
+    return float(similarity[same].mean()), float(similarity[different].mean()), float(similarity[different].max())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,35 +279,15 @@ def run_pairs(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    from raycv.cli import add_config_flags
-
-    parser.add_argument("--data", required=True, help="dataset folder or URI")
-    add_config_flags(parser, "search")
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    """train with the CosFace head and with a plain softmax head, and compare open-set retrieval"""
-    import time
-
-    from raycv.cli import config_from_args
-    from raycv.report import table
-    from raycv.runtime import init_ray
-    from raycv.train import fit
-
-    cfg = config_from_args("search", args)
+def head_configs(cfg: TrainConfig) -> dict[str, TrainConfig]:
+    """The runs that compare the heads: `cfg` once per head, named BASE-HEAD (BASE: cfg.name or "heads")."""
     base = cfg.name or "heads"
-    init_ray()
-    rows = []
-    for head in HEADS:
-        started = time.perf_counter()
-        result = fit(TASK, cfg.replace(name=f"{base}-{head}", extra={**cfg.extra, "head": head}), args.data)
-        best = result.best_metrics
-        rows.append({"head": head, "epochs": cfg.epochs, "train_s": round(time.perf_counter() - started, 1),
-                     **{key: round(best[f"val_{key}"], 4) for key in ("recall_at_1", "recall_at_5", "map")},
-                     "checkpoint": result.best_checkpoint})
-    print(table(rows, f"search heads on {args.data}: retrieval of identities unseen in training"))
-    return 0
+    return {head: cfg.replace(name=f"{base}-{head}", extra={**cfg.extra, "head": head}) for head in HEADS}
+
+
+def retrieval_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """The validation retrieval metrics (recall@k, mAP) among a run's `metrics`, rounded for a table."""
+    return {key: round(metrics[f"val_{key}"], 4) for key in (*(f"recall_at_{k}" for k in RECALL_AT), "map")}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ num_classes + 1 channels. Metrics come from one confusion matrix accumulated ove
     dice            mean Dice (F1) over the same classes
     loss            the class-weighted cross-entropy term of the training loss
 
-Extras beyond the Task protocol: `raycv segment danmu` (CLI) and POST /v1/segment/danmu (Serve).
+Extras beyond the Task protocol: the danmu picture, drawn by `raycv segment danmu` (raycv/verbs/segment.py)
+and answered by POST /v1/segment/danmu (Serve).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 from functools import lru_cache
 from typing import Any
@@ -121,6 +121,11 @@ def class_map_from_answer(answer: dict[str, Any]) -> np.ndarray:
     return decode_image(base64.b64decode(answer["mask_png"]), mode="L")
 
 
+def answer_foreground(answer: dict[str, Any]) -> np.ndarray:
+    """Where a prediction answer found any object: a boolean (height, width) map."""
+    return class_map_from_answer(answer) > 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Danmu (chapter 6.5): comments scrolling across a picture, passing behind its foreground.
 # ---------------------------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def draw_danmu(image: np.ndarray, foreground: np.ndarray, texts: list[str], offs
 def danmu_from_answer(image: np.ndarray, answer: dict[str, Any], texts: list[str], offset: float = 0.0,
                       seed: int = 0) -> np.ndarray:
     """draw_danmu behind every object the model found (its prediction `answer` for `image`)."""
-    return draw_danmu(image, class_map_from_answer(answer) > 0, texts, offset, seed)
+    return draw_danmu(image, answer_foreground(answer), texts, offset, seed)
 
 
 MAX_COMMENTS, MAX_COMMENT_CHARS = 64, 200  # bounds on the drawing work one request may ask for
@@ -216,33 +221,6 @@ def parse_danmu_query(query: dict[str, list[str]]) -> dict[str, Any]:
 def danmu_png(image: np.ndarray, answer: dict[str, Any], texts: list[str], offset: float = 0.0,
               seed: int = 0) -> bytes:
     return encode_png(danmu_from_answer(image, answer, texts, offset, seed))
-
-
-def add_danmu_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained segment checkpoint")
-    parser.add_argument("--image", required=True, help="the picture (PNG, JPEG, ...)")
-    parser.add_argument("--text", action="append", required=True, help="a comment (repeatable)")
-    parser.add_argument("--out", required=True, help="where to write the PNG")
-    parser.add_argument("--offset", type=float, default=0.0, help="time step of the scroll (frames 0, 1, 2, ...)")
-    parser.add_argument("--seed", type=int, default=0, help="picks each comment's colour, start and speed")
-
-
-def run_danmu(args: argparse.Namespace) -> int:
-    """draw comments scrolling behind the objects the model segments (textbook 6.5)"""
-    from raycv.checkpoint import load_model
-    from raycv.inference import default_device, predict, read_image_files
-
-    loaded = load_model(args.checkpoint, "segment", default_device())
-    image = read_image_files([args.image])[0]
-    answer = predict(loaded, [image])[0]
-    result = danmu_from_answer(image, answer, args.text, args.offset, args.seed)
-    try:
-        Image.fromarray(result).save(args.out, format="PNG")
-    except OSError as problem:
-        raise RaycvError(f"cannot write --out {args.out}: {problem}") from None
-    covered = float((class_map_from_answer(answer) > 0).mean())
-    print(f"{args.out}: {len(args.text)} comment(s) behind {covered:.1%} foreground")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------

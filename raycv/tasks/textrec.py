@@ -100,31 +100,21 @@ def label_texts(labels: torch.Tensor, lengths: torch.Tensor, alphabet: str) -> l
             for row, length in zip(labels.tolist(), lengths.tolist(), strict=False)]
 
 
-def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int = 24, split: str = "val",
-                         columns: int = 4) -> str:
-    """A README picture for any text task (captcha, textrec): the first `count` lines of a dataset split
-    with the checkpoint's reading above each (green when right, red when wrong, the truth after a slash)."""
+def save_readings(images: list[np.ndarray], answers: list[dict[str, Any]], truths: Iterable[str], out: str,
+                  columns: int = 4) -> None:
+    """A README picture for any text task (captcha, textrec), written to the PNG `out`: each line with its
+    reading (`answers`, the task's predictions) above it, green when right, red when wrong with the
+    truth after a slash."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raycv import checkpoint
-    from raycv.synth import open_dataset
-    from raycv.inference import predict
-
-    loaded = checkpoint.load_model(checkpoint_path)
-    splits, _ = open_dataset(loaded.task, data)
-    if split not in splits:
-        raise RaycvError(f"dataset {data} has no split {split!r}; it has {', '.join(splits)}")
-    rows = splits[split].take_batch(count)
-    images = [decode_image(data) for data in rows["image"]]
-    answers = predict(loaded, images)
     figure, axes = plt.subplots(-(-len(images) // columns), columns, squeeze=False,
                                 figsize=(3 * columns, 0.9 * len(images) / columns + 0.5))
     for axis in axes.flat:
         axis.axis("off")
-    for axis, image, answer, truth in zip(axes.flat, images, answers, rows["text"], strict=False):
+    for axis, image, answer, truth in zip(axes.flat, images, answers, truths, strict=False):
         right = answer["text"] == truth
         axis.imshow(image)
         axis.set_title(answer["text"] if right else f"{answer['text']} / {truth}", color="green" if right else "red",
@@ -132,31 +122,6 @@ def save_prediction_grid(checkpoint_path: str, data: str, out: str, count: int =
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
-    return out
-
-
-def add_examples_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a trained captcha or textrec checkpoint")
-    parser.add_argument("--data", required=True, help="a dataset of the checkpoint's task")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--count", type=int, default=24, help="lines in the picture")
-    parser.add_argument("--out", required=True, help="the PNG to write")
-
-
-def run_examples(args) -> int:
-    """draw a split's first lines with the checkpoint's readings (green right, red wrong) into a PNG"""
-    from raycv.runtime import init_ray
-
-    if args.count < 1:
-        raise RaycvError(f"invalid --count {args.count}: expected an integer >= 1")
-    init_ray()
-    print(f"{args.count} readings: "
-          f"{save_prediction_grid(args.checkpoint, args.data, args.out, args.count, args.split)}")
-    return 0
-
-
-# Both text tasks read lines into strings the same way, so they share the picture verb.
-TEXT_VERBS = {"examples": (add_examples_arguments, run_examples)}
 
 
 class TextRecognitionTask(Task):

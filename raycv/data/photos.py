@@ -1,0 +1,49 @@
+"""The held-out test photographs of the pixel tasks: the ones scikit-image and scikit-learn ship,
+which no training run ever sees.
+
+numpy, scikit-image and scikit-learn are imported by `real_photos` alone: the command line lists
+PHOTO_NAMES in `--help` before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from raycv.errors import RaycvError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Every photograph scikit-image ships (drawings, scans and synthetic images left out), and the two
+# scikit-learn ships. None is ever used for training.
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+                  "immunohistochemistry", "moon", "retina", "rocket")
+SKLEARN_PHOTOS = ("china", "flower")
+PHOTO_NAMES = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
+
+
+def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """name -> uint8 (H, W, 3) RGB (grey photos repeated to three channels), in a fixed order."""
+    import numpy as np
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    wanted = names or PHOTO_NAMES
+    unknown = [name for name in wanted if name not in PHOTO_NAMES]
+    if unknown:
+        raise RaycvError(f"unknown photo(s) {', '.join(unknown)}; valid: {', '.join(PHOTO_NAMES)}")
+    photos = {}
+    sklearn_images = None
+    for name in wanted:
+        if name in SKLEARN_PHOTOS:
+            if sklearn_images is None:
+                samples = load_sample_images()
+                sklearn_images = {os.path.splitext(os.path.basename(path))[0]: image
+                                  for path, image in zip(samples.filenames, samples.images, strict=False)}
+            image = sklearn_images[name]
+        else:
+            image = getattr(skimage.data, name)()
+        photos[name] = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2
+                                            else image[..., :3])
+    return photos
