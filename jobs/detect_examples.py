@@ -28,7 +28,8 @@ def main() -> None:
     from raycv.checkpoint import load_model
     from raycv.data.images import decode_image
     from raycv.synth import open_dataset
-    from raycv.inference import default_device, predict
+    from raycv.devices import default_device
+    from raycv.inference import predict
     from raycv.runtime import init_ray
     from raycv.tasks.detect import draw_detections
 

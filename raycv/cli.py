@@ -303,8 +303,9 @@ def run_predict(args: argparse.Namespace) -> None:
         answers = inference.predict_over_http(args.url, args.task, args.images)
     else:
         from raycv.checkpoint import load_model
+        from raycv.devices import default_device
 
-        loaded = load_model(args.checkpoint, args.task, inference.default_device())
+        loaded = load_model(args.checkpoint, args.task, default_device())
         answers = inference.predict(loaded, inference.read_image_files(args.images, loaded.task.image_mode))
     for path, answer in zip(args.images, answers, strict=True):
         print(f"{path}: {json.dumps(answer)}")
