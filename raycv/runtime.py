@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
+import re
 import sys
 
 # glibc's mallopt parameters (malloc.h)
@@ -32,16 +34,65 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
-def init_ray(**kwargs) -> None:
-    """Join the cluster at RAY_ADDRESS (as under `ray job submit`) or start a local Ray, quietly."""
+# Lines Ray's processes send to the driver (log_to_driver) that tell a raycv user nothing to act on.
+# Matched per line, so everything else a worker prints, tracebacks included, still reaches the user.
+RAY_NOISE = (
+    # Ray Data, in Ray Train's data coordinators: a line per dataset and epoch, and its advice to turn on
+    # the ingest progress bars that train.py turns off on purpose.
+    r"Dataset \S+ execution finished in ",
+    r"Progress bars disabled\. To enable, set ",
+    # Ray Train itself passes Ray Data an option Ray Data deprecates: the warning and its source line.
+    r"`ExecutionOptions\.exclude_resources` is deprecated",
+    r"^\s*self\.exclude_resources = exclude_resources$",
+    # Ray core's advice to the author of an actor class, for Ray Train's own PreemptionWatcher.
+    r"has constructor arguments in the object store and max_restarts > 0",
+    # The GCS failing to kill an actor that had already exited, e.g. when Serve or Tune stop.
+    r"Failed to kill actor .*KillActor RPC failed",
+)
+# Ray 2.60 turns token authentication on for every local Ray that ray.init starts and says so each time.
+# Auth stays on; only the notice goes.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def init_ray(verbose: bool = False, **kwargs) -> None:
+    """Join the cluster at RAY_ADDRESS (as under `ray job submit`) or start a local Ray with `kwargs` for
+    ray.init. Quiet unless `verbose`: Ray's INFO logs, its token-auth notice and the lines in RAY_NOISE
+    are hidden; warnings, errors and tracebacks are not."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(logging_level=logging.WARNING, **kwargs)
-    if not interactive():
-        # Without a terminal, Ray Data logs every dataset's progress table at INFO level. Imported first:
-        # ray.data configures its loggers on first import, which would undo the level set here.
-        import ray.data  # noqa: F401
+    if not verbose:
+        quiet_ray_logs()
+    if kwargs.get("address") is None and "RAY_ADDRESS" not in os.environ:  # a new local Ray
+        kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.{use_own_cluster.__name__}",
+                                 **(kwargs.get("runtime_env") or {})}
+    ray.init(logging_level=logging.INFO if verbose else logging.WARNING, **kwargs)
 
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+def use_own_cluster() -> None:
+    """Run in every worker of a local Ray that init_ray started: Ray's address look-ups find this Ray.
+
+    Ray Train's PlacementGroupCleaner asks the state API, without an address, whether a run's controller
+    died. Without RAY_ADDRESS that searches the machine for Ray instances, and fails with a traceback
+    ("Found multiple active Ray instances") once a second raycv command has started its own Ray; the
+    placement groups of a run whose controller dies are then never freed."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def quiet_ray_logs() -> None:
+    # Imported first: ray.data configures its loggers on first import, which would undo the level set here.
+    import ray.data  # noqa: F401
+    from ray._private import ray_logging
+
+    logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+    # Ray Data logs each dataset's start, plan and end at INFO, and its progress too without a terminal.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray's own filter for forwarded lines is RAY_DEDUP_LOGS_SKIP_REGEX, read once, when ray is imported
+    # (before this runs): the user's pattern is kept and RAY_NOISE added, on the driver's deduplicators of
+    # forwarded stdout and stderr. RAY_DEDUP_LOGS=0 turns them off, and so shows every line.
+    skip = re.compile("|".join(filter(None, [os.environ.get("RAY_DEDUP_LOGS_SKIP_REGEX"), *RAY_NOISE])))
+    for deduplicator in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        deduplicator.skip_re = skip
