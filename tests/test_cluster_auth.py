@@ -148,6 +148,16 @@ def test_guide_local_cluster_commands_run_a_job_with_token_auth_in_an_empty_home
                              env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr, refused
 
+    # The same job through raycv's own flag: `raycv ... --submit` streams the job's logs and exits as it does.
+    out = guide_run["out"].with_name("classify-submit")
+    submitted = subprocess.run(
+        [sys.executable, "-m", "raycv.cli", "classify", "synth", "--out", str(out), "--train-size", "64",
+         "--val-size", "16", "--submit", "--address", dashboard],
+        cwd=ROOT, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=180)
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    assert "classify dataset written to" in submitted.stdout and "SUCCEEDED" in submitted.stderr, submitted.stderr
+    assert (out / "manifest.json").is_file()
+
 
 def test_adapt_knows_every_command_of_the_guide_and_keeps_the_auth_steps():
     commands = guide_commands()
