@@ -1,4 +1,4 @@
-"""raycv benchmarks: `python jobs/bench.py [SECTION ...] [--quick] [--gpu] [--out bench.json]`.
+"""raycv benchmarks: `python jobs/bench.py [SECTION ...] [--quick] [--gpu] [--dry] [--out bench.json]`.
 
 Sections:
   synth   composited 300x300 detection scenes (the book's size) per second through the Ray Data
@@ -23,7 +23,19 @@ Sections:
   search  top-10 queries/s of a 100,000-vector, 512-d identity index (raycv.index): exact (flat) and
           approximate (HNSW) search in batches of 100 queries, with HNSW's recall@10 against the exact
           answer and the build time. Vectors are 10,000 identity clusters of 10 (cosine ~0.6 within one).
+  gpu-check  not a benchmark, and run only when named: every GPU path once, each check passing or failing
+          on its own with its seconds: bf16 and fp16+GradScaler training steps (first loss against fp32 from
+          the same weights and batch), torch.compile against eager, the Ray Train loop on 2 DDP workers (NCCL
+          on 2 GPUs, gloo on CPU workers otherwise), 2 Tune trials at 0.5 GPU each, a Serve replica at
+          num_gpus 0.5 against the baseline server on the same GPU, validation metrics of a bf16 run equal
+          to a separate evaluation, and a CRNN's CTC loss falling under bf16. Sized for well under 8 minutes
+          on one H100; exits with status 1 if any check failed:
+              python jobs/bench.py gpu-check --out gpu-check.json
+          With --dry it runs on the CPU (CUDA hidden, tiny sizes, each GPU piece's CPU equivalent: CPU autocast,
+          gloo, fractional CPUs, num_gpus 0, compile's aot_eager backend); the test suite runs it that way.
 
+Every section prints its running time; with --gpu each is sized for one 10-minute call on a one-GPU machine,
+and one that takes longer says so.
 Prints a table per section and writes all results to one JSON file (--out) and the same tables as
 Markdown next to it (bench.json -> bench.md), with the machine they were measured on.
 """
@@ -38,30 +50,52 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def device_batches(task, cfg, data: str, count: int, device) -> tuple[list[dict], dict]:
+    """`count` training batches of `data`, decoded as the Ray Train loop decodes them and already in `device`
+    memory, and the dataset's meta."""
+    import torch
+
+    from raycv.train import prepare_datasets
+
+    datasets, meta = prepare_datasets(task, data, cfg)
+    rows = datasets["train"].take_batch(cfg.batch_size * count)
+    batches = [{k: torch.tensor(v[i:i + cfg.batch_size], device=device) for k, v in rows.items()}
+               for i in range(0, cfg.batch_size * count, cfg.batch_size)]
+    return batches, meta
+
+
+def bare_training(task, cfg, meta: dict, device, steps_per_epoch: int) -> tuple:
+    """Model, optimizer, schedule, GradScaler and autocast dtype, set up as the Ray Train loop sets them up."""
+    import torch
+
+    from raycv.devices import autocast_dtype
+    from raycv.train import build_on_device, build_optimizer
+
+    model = build_on_device(task, cfg, meta, device).train()
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
+    amp_dtype = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return model, optimizer, scheduler, scaler, amp_dtype
 
 
 def bare_loop_images_per_s(task, cfg, data: str, steps: int) -> float:
     """The same training step as the Ray Train loop, on batches already in device memory."""
     import torch
 
-    from raycv.devices import autocast_dtype
-    from raycv.train import build_on_device, build_optimizer, prepare_datasets, train_step
+    from raycv.train import train_step
 
     device = torch.device("cuda" if cfg.gpu else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(int(cfg.cpus_per_worker))  # what Ray gives a worker with that many CPUs
-    datasets, meta = prepare_datasets(task, data, cfg)
-    rows = datasets["train"].take_batch(cfg.batch_size * 8)
-    batches = [{k: torch.tensor(v[i:i + cfg.batch_size], device=device) for k, v in rows.items()}
-               for i in range(0, cfg.batch_size * 8, cfg.batch_size)]
-    model = build_on_device(task, cfg, meta, device).train()
-    optimizer, scheduler = build_optimizer(model, cfg, steps + 10)
-    amp_dtype = autocast_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    batches, meta = device_batches(task, cfg, data, 8, device)
+    model, optimizer, scheduler, scaler, amp_dtype = bare_training(task, cfg, meta, device, steps + 10)
     forward_model = torch.compile(model) if cfg.compile else model
     for step in range(5):  # warm-up: allocator, cudnn autotune, compile
         train_step(task, forward_model, batches[step % len(batches)], cfg, optimizer, scheduler, scaler, amp_dtype)
@@ -168,52 +202,85 @@ def load_test(url: str, bodies: list[bytes], concurrency: int, requests: int) ->
             "errors": sum(status != 200 for _, status in results)}
 
 
-def bench_serve(args, workdir: str) -> list[dict]:
+def free_port() -> int:
     import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def request_bodies(data: str, count: int) -> list[bytes]:
+    """PNG bodies of the classify set's validation images, as clients send them."""
+    from raycv.synth import open_dataset
+    from raycv.tasks import get_task
+
+    splits, _ = open_dataset(get_task("classify"), data)
+    return [bytes(b) for b in splits["val"].take_batch(count)["image"]]
+
+
+@contextmanager
+def serving(options) -> Iterator[str]:
+    """raycv's Serve app with these ServeOptions on a free local port: its base URL."""
+    from ray import serve
+
+    from raycv.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(options), name="raycv", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@contextmanager
+def baseline_serving(checkpoint: str, threads: int, device: str) -> Iterator[str]:
+    """jobs/baseline_server.py (one uvicorn process, no Ray) with the same checkpoint on a free local port: its
+    base URL. `device` should be the one raycv's replicas use: compare like with like."""
     import subprocess
 
     import httpx
-    from ray import serve
 
-    from raycv.config import ServeOptions
-    from raycv.synth import open_dataset
-    from raycv.serve import build_app
-    from raycv.tasks import get_task
-
-    checkpoint, data = trained_checkpoint(args, workdir)
-    splits, _ = open_dataset(get_task("classify"), data)
-    bodies = [bytes(b) for b in splits["val"].take_batch(256)["image"]]
-    requests = 100 if args.quick else 2000
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    replicas = 1 if args.quick else 2
-    serve.run(build_app(ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=replicas,
-                                     max_replicas=replicas, batch_size=32, cpus_per_replica=args.cpus / replicas,
-                                     gpu=1.0 / replicas if args.gpu else 0.0)), name="raycv", route_prefix="/")
-    rows = []
-    for concurrency in (1, 8, 32):
-        rows.append({"server": f"raycv serve ({replicas} replica, batch 32)", "concurrency": concurrency,
-                     **load_test(f"http://127.0.0.1:{port}/v1/classify/predict", bodies, concurrency, requests)})
-    serve.shutdown()
-    baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_server.py"), "--checkpoint",
-                                 checkpoint, "--port", str(port + 1), "--threads", str(args.cpus),
-                                 "--device", "cuda" if args.gpu else "cpu"])  # the same device as raycv's replicas
+    url = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_server.py"), "--checkpoint",
+                               checkpoint, "--port", url.rsplit(":", 1)[1], "--threads", str(threads),
+                               "--device", device])
     try:
         for _ in range(120):
+            if server.poll() is not None:
+                raise RuntimeError(f"the baseline server exited with status {server.returncode}")
             try:
-                httpx.get(f"http://127.0.0.1:{port + 1}/docs", timeout=1)
+                httpx.get(f"{url}/docs", timeout=1)
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def bench_serve(args, workdir: str) -> list[dict]:
+    from raycv.config import ServeOptions
+
+    checkpoint, data = trained_checkpoint(args, workdir)
+    bodies = request_bodies(data, 256)
+    requests = 100 if args.quick else 2000
+    replicas = 1 if args.quick else 2
+    options = ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=replicas, max_replicas=replicas,
+                           batch_size=32, cpus_per_replica=args.cpus / replicas,
+                           gpu=1.0 / replicas if args.gpu else 0.0)
+    rows = []
+    with serving(options) as url:
+        for concurrency in (1, 8, 32):
+            rows.append({"server": f"raycv serve ({replicas} replica, batch 32)", "concurrency": concurrency,
+                         **load_test(f"{url}/v1/classify/predict", bodies, concurrency, requests)})
+    with baseline_serving(checkpoint, args.cpus, "cuda" if args.gpu else "cpu") as url:
         for concurrency in (1, 8, 32):
             rows.append({"server": "fastapi+uvicorn, 1 process", "concurrency": concurrency,
-                         **load_test(f"http://127.0.0.1:{port + 1}/v1/classify/predict", bodies, concurrency,
-                                     requests)})
-    finally:
-        baseline.terminate()
-        baseline.wait()
+                         **load_test(f"{url}/v1/classify/predict", bodies, concurrency, requests)})
     ours, theirs = (next(r["req_s"] for r in rows if r["concurrency"] == 32 and r["server"].startswith(name))
                     for name in ("raycv", "fastapi"))
     rows.append({"server": "ratio raycv / baseline at concurrency 32", "concurrency": 32,
@@ -450,7 +517,7 @@ def bench_tune(args, workdir: str) -> list[dict]:
 
     from raycv.synth import synthesize
     from raycv.tasks import get_task
-    from raycv.tune import parse_space, sweep
+    from raycv.tune import parse_space
 
     task = get_task("classify")
     data = f"{workdir}/classify-tune"
@@ -471,23 +538,326 @@ def bench_tune(args, workdir: str) -> list[dict]:
                    (f"0.9 CPU per trial, {cpus} at a time", cpus, {"cpus_per_worker": 0.9})]
     rows = []
     for index, (layout, concurrent, resources) in enumerate(layouts):
+        rows.append({"layout": layout, "concurrent": concurrent, "epochs": epochs, "train_images": train_size,
+                     **timed_sweep(task, base.replace(**resources), data, space, f"bench-{index}", concurrent,
+                                   sample_gpu=args.gpu)})
+    return rows
+
+
+def timed_sweep(task, base, data: str, space: dict, name: str, concurrent: int, sample_gpu: bool) -> dict:
+    """A learning-rate sweep without early stopping, timed, with the GPU's utilisation sampled meanwhile."""
+    from raycv.tune import sweep
+
+    started = time.perf_counter()
+    with GpuSampler() if sample_gpu else nullcontext() as sampler:
+        result = sweep(task, base, data, space, name=name, max_concurrent=concurrent, asha=False)
+    seconds = time.perf_counter() - started
+    done = sum("val_accuracy" in row for row in result.rows)
+    return {"trials": done, "seconds": round(seconds, 1), "trials_per_hour": round(3600 * done / seconds, 1),
+            "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows if "val_accuracy" in row), 4),
+            **(sampler.summary() if sample_gpu else {})}
+
+
+# ---------------------------------------------------------------------------------------------
+# gpu-check: every GPU path once, each passing or failing on its own, before a GPU run's numbers are trusted.
+
+# A training step's first loss is one forward pass of the seed's weights on the batch, so it compares across
+# precisions and against a compiled model. bf16 keeps 8 significant bits (one rounding is off by up to 2**-9,
+# 2e-3 of the value), fp16 keeps 11 (2**-12, 2.4e-4). VGG-11's forward pass rounds about once per layer, the
+# loss itself runs in fp32 under autocast, and its mean over the batch lets independent roundings partly cancel:
+# ten roundings' worth, 2e-2 for bf16 and 2.5e-3 for fp16, is the most rounding explains, while a wrong cast,
+# an unscaled fp16 gradient or an overflow shows as a gap of order one or a NaN. fp32 against fp32 (compiled
+# against eager) differs by the order of its sums only.
+LOSS_TOLERANCE = {"bf16": 2e-2, "fp16": 2.5e-3, "off": 1e-3}
+# Validation inside training and a later evaluation run the same fp32 weights, but on a GPU with other
+# convolution algorithms (channels_last in training, not in evaluation), which cuDNN computes in TF32 (10-bit
+# mantissa, 2**-11 ~ 5e-4): 1e-3 of a metric allows that, while bf16 autocast moves SSIM by tens of percent.
+EVAL_RTOL = 1e-3
+
+
+def precision_name(amp: str, device) -> str:
+    """What `--amp amp` computes in on `device`: bf16, fp16 or off (fp32)."""
+    import torch
+
+    from raycv.devices import autocast_dtype
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[autocast_dtype(amp, device)]
+
+
+def fixed_batch_run(task, cfg, meta: dict, batch: dict, device, steps: int, backend: str = "") -> dict:
+    """`steps` training steps on one batch from the weights seed 0 gives, in cfg's precision and through
+    torch.compile's `backend` if one is named: each step's loss and seconds, and the GradScaler's final scale.
+    On a batch seen again and again the loss must fall."""
+    import torch
+
+    from raycv.train import train_step
+
+    torch.manual_seed(0)
+    model, optimizer, scheduler, scaler, amp_dtype = bare_training(task, cfg, meta, device, steps)
+    forward_model = torch.compile(model, backend=backend) if backend else model
+    losses, seconds = [], []
+    for _ in range(steps):
         started = time.perf_counter()
-        with GpuSampler() if args.gpu else nullcontext() as sampler:
-            result = sweep(task, base.replace(**resources), data, space, name=f"bench-{index}",
-                           max_concurrent=concurrent, asha=False)
-        seconds = time.perf_counter() - started
-        done = sum("val_accuracy" in row for row in result.rows)
-        rows.append({"layout": layout, "concurrent": concurrent, "trials": done, "epochs": epochs,
-                     "train_images": train_size, "seconds": round(seconds, 1),
-                     "trials_per_hour": round(3600 * done / seconds, 1),
-                     "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows
-                                                    if "val_accuracy" in row), 4),
-                     **(sampler.summary() if args.gpu else {})})
+        # float() waits for the GPU, so each step's seconds are its own
+        losses.append(float(train_step(task, forward_model, batch, cfg, optimizer, scheduler, scaler, amp_dtype)))
+        seconds.append(time.perf_counter() - started)
+    return {"losses": losses, "seconds": seconds, "scale": scaler.get_scale() if scaler.is_enabled() else None}
+
+
+class GpuCheckInputs:
+    """What the checks share (datasets, a fixed batch, fixed-batch runs), each made on first use and kept: a
+    check that cannot make one fails alone, and the next check that needs it tries again."""
+
+    def __init__(self, args, workdir: str):
+        import torch
+
+        from raycv.tasks import get_task
+
+        self.dry, self.workdir = args.dry, workdir
+        self.device = torch.device("cpu" if args.dry else "cuda")
+        self.steps = 6 if args.dry else 20
+        # Inductor is what --compile uses; on a CPU it generates and builds C++ instead of Triton kernels, minutes
+        # on 2 cores. The dry run stops one stage short: Dynamo's capture and AOTAutograd's forward and backward
+        # graphs run eagerly, everything before the device's code generation.
+        self.compile_backend = "aot_eager" if args.dry else "inductor"
+        # Dry: the small VGG the test suite trains. On a GPU: the book's VGG-11-BN at a GPU's batch size. AdamW at
+        # a constant rate, no augmentation: a fixed batch's loss must fall within a few steps.
+        self.classify_cfg = get_task("classify").default_config().replace(
+            width=0.25 if args.dry else 1.0, batch_size=32 if args.dry else 256, optimizer="adamw", lr=1e-3,
+            weight_decay=0.05, schedule="constant", label_smoothing=0.0, augment=False, gpu=not args.dry,
+            cpus_per_worker=1, storage=f"{workdir}/runs")
+        self.batches: dict[str, tuple[dict, dict]] = {}
+        self.runs: dict[tuple[str, str], dict] = {}
+
+    def dataset(self, task_name: str, sizes: dict[str, int], params: dict | None = None) -> str:
+        from raycv.synth import synthesize
+        from raycv.tasks import get_task
+
+        path = f"{self.workdir}/check-{task_name}"
+        if not Path(path).exists():
+            synthesize(get_task(task_name), path, sizes, seed=3, params=params)
+        return path
+
+    def classify_data(self) -> str:
+        return self.dataset("classify", {"train": 256, "val": 64} if self.dry else {"train": 4096, "val": 512})
+
+    def fixed_batch(self, task_name: str, cfg, data: str) -> tuple[dict, dict]:
+        """One training batch of `data` in device memory, and the dataset's meta."""
+        from raycv.tasks import get_task
+
+        if task_name not in self.batches:
+            batches, meta = device_batches(get_task(task_name), cfg, data, 1, self.device)
+            self.batches[task_name] = batches[0], meta
+        return self.batches[task_name]
+
+    def classify_run(self, precision: str, backend: str = "") -> dict:
+        """fixed_batch_run of the classify model in `precision` (bf16, fp16, off), made once."""
+        from raycv.tasks import get_task
+
+        if (precision, backend) not in self.runs:
+            cfg = self.classify_cfg.replace(amp=precision)
+            batch, meta = self.fixed_batch("classify", cfg, self.classify_data())
+            self.runs[precision, backend] = fixed_batch_run(get_task("classify"), cfg, meta, batch, self.device,
+                                                            self.steps, backend)
+        return self.runs[precision, backend]
+
+    def classify_checkpoint(self) -> str:
+        """The classify model seed 0 gives, saved as a raycv checkpoint in this process: serving needs weights,
+        not trained ones, and a Ray Train fit of the serve section's model would double the dry run."""
+        import torch
+
+        from raycv import checkpoint
+        from raycv.synth import open_dataset
+        from raycv.tasks import get_task
+        from raycv.tasks.base import with_task_options
+
+        folder = f"{self.workdir}/check-checkpoint"
+        if not Path(folder).exists():
+            task = get_task("classify")
+            _, meta = open_dataset(task, self.classify_data())
+            torch.manual_seed(0)
+            checkpoint.save(folder, task.build_model(self.classify_cfg, meta),
+                            {"task": task.name, "config": with_task_options(task, self.classify_cfg).to_dict(),
+                             "dataset": meta, "epoch": 0, "history": []})
+        return folder
+
+
+def loss_parity(run: dict, reference: dict, tolerance: float) -> tuple[bool, dict]:
+    """Pass when every loss is finite, the first is within `tolerance` (relative) of the reference's first and
+    the last is below the first."""
+    import math
+
+    losses, expected = run["losses"], reference["losses"][0]
+    gap = abs(losses[0] - expected) / abs(expected)
+    ok = all(math.isfinite(loss) for loss in losses) and gap < tolerance and losses[-1] < losses[0]
+    return ok, {"first_loss": round(losses[0], 5), "reference_first_loss": round(expected, 5),
+                "relative_gap": float(f"{gap:.2e}"), "tolerance": tolerance, "last_loss": round(losses[-1], 5),
+                "steps": len(losses)}
+
+
+def check_amp_step(inputs: GpuCheckInputs, precision: str) -> tuple[bool, dict]:
+    """Training steps in bf16, or in fp16 with a GradScaler, against fp32 from the same weights and batch."""
+    import math
+
+    run = inputs.classify_run(precision)
+    ok, detail = loss_parity(run, inputs.classify_run("off"), LOSS_TOLERANCE[precision])
+    if run["scale"] is not None:  # fp16: the scaler backs off on overflow, but must stay a usable number
+        ok = ok and math.isfinite(run["scale"]) and run["scale"] >= 1
+        detail["grad_scale"] = run["scale"]
+    return ok, {"device": str(inputs.device), **detail}
+
+
+def check_compile(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """torch.compile'd training steps in the precision --amp auto picks, against eager ones."""
+    precision = precision_name("auto", inputs.device)
+    eager, compiled = inputs.classify_run(precision), inputs.classify_run(precision, inputs.compile_backend)
+    ok, detail = loss_parity(compiled, eager, LOSS_TOLERANCE[precision])
+    return ok, {"backend": inputs.compile_backend, "precision": precision, **detail,
+                "first_step_s": round(compiled["seconds"][0], 1),
+                "step_ms_eager": round(1000 * statistics.median(eager["seconds"][1:]), 2),
+                "step_ms_compiled": round(1000 * statistics.median(compiled["seconds"][1:]), 2)}
+
+
+def check_ddp(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """One epoch of the Ray Train loop on 2 DDP workers: NCCL with SyncBatchNorm on 2 GPUs; elsewhere gloo on
+    2 CPU workers, since NCCL cannot put two ranks on one GPU (TrainConfig refuses it)."""
+    import math
+
+    import torch
+
+    from raycv.tasks import get_task
+    from raycv.train import fit
+
+    nccl = not inputs.dry and torch.cuda.device_count() >= 2
+    cfg = inputs.classify_cfg.replace(epochs=1, workers=2, augment=True, amp="auto", name="check-ddp", gpu=nccl,
+                                      sync_bn=nccl, **({} if nccl else {"width": 0.25, "batch_size": 32}))
+    last = fit(get_task("classify"), cfg, inputs.classify_data()).history[-1]
+    return last["workers"] == 2 and math.isfinite(last["train_loss"]), {
+        "backend": "nccl, SyncBatchNorm, 1 GPU each" if nccl else "gloo, CPU workers", "workers": last["workers"],
+        "train_loss": round(last["train_loss"], 4), "val_accuracy": round(last["val_accuracy"], 4),
+        "train_images_per_s": round(last["train_images_per_s"], 1)}
+
+
+def check_tune(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """Two Tune trials at once on half a GPU each (dry: half a CPU each, the same fractional placement)."""
+    from raycv.tasks import get_task
+    from raycv.tune import parse_space
+
+    resources = {"cpus_per_worker": 0.5} if inputs.dry else {"gpus_per_worker": 0.5, "cpus_per_worker": 2}
+    base = inputs.classify_cfg.replace(epochs=1, workers=1, augment=True, amp="auto", **resources)
+    space = parse_space(["lr=grid:0.003,0.001"], base)
+    row = timed_sweep(get_task("classify"), base, inputs.classify_data(), space, "check-tune", concurrent=2,
+                      sample_gpu=not inputs.dry)
+    return row["trials"] == 2, {"per_trial": "0.5 CPU" if inputs.dry else "0.5 GPU, 2 CPUs", **row}
+
+
+def check_serve(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """raycv's Serve app with one replica on half a GPU (dry: num_gpus 0), against the one-process baseline
+    server with the same model on the same device; the replica must say it computes there."""
+    import httpx
+
+    from raycv.config import ServeOptions
+
+    checkpoint = inputs.classify_checkpoint()
+    bodies = request_bodies(inputs.classify_data(), 64)
+    gpu, concurrency, requests = (0.0, 8, 48) if inputs.dry else (0.5, 16, 1000)
+    options = ServeOptions(checkpoint=checkpoint, task="classify", min_replicas=1, max_replicas=1, batch_size=32,
+                           cpus_per_replica=1, gpu=gpu)
+    with serving(options) as url:
+        device = httpx.get(f"{url}/v1/models", timeout=60).json()["device"]
+        ours = load_test(f"{url}/v1/classify/predict", bodies, concurrency, requests)
+    with baseline_serving(checkpoint, 1 if inputs.dry else 2, inputs.device.type) as url:
+        theirs = load_test(f"{url}/v1/classify/predict", bodies, concurrency, requests)
+    ok = device == inputs.device.type and ours["errors"] == theirs["errors"] == 0
+    return ok, {"replica": f"num_gpus {gpu:g}, computes on {device}", "concurrency": concurrency,
+                "raycv_req_s": ours["req_s"], "baseline_req_s": theirs["req_s"],
+                "ratio": round(ours["req_s"] / theirs["req_s"], 2), "raycv_p50_ms": ours["p50_ms"],
+                "baseline_p50_ms": theirs["p50_ms"], "errors": ours["errors"] + theirs["errors"]}
+
+
+def check_eval_amp(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """A super-resolution model trained under bf16: the metrics its training loop validated (fp32 whatever
+    --amp says) against a separate evaluation of the same checkpoint. Beside them, what SSIM reads if the
+    evaluation itself ran under bf16 autocast, the error the fp32 rule prevents."""
+    import numpy as np
+    import torch
+
+    from raycv.devices import autocast_context
+    from raycv.inference import evaluate_checkpoint
+    from raycv.tasks import get_task
+    from raycv.train import fit
+
+    task = get_task("superres")
+    data = inputs.dataset("superres", {"train": 32, "val": 16} if inputs.dry else {"train": 512, "val": 64},
+                          params={"crop_size": 32 if inputs.dry else 64, "scale": 2})
+    cfg = task.default_config().replace(epochs=1, batch_size=8 if inputs.dry else 32, workers=1, cpus_per_worker=1,
+                                        amp="bf16", gpu=not inputs.dry, storage=f"{inputs.workdir}/runs",
+                                        name="check-eval-amp")
+    result = fit(task, cfg, data)
+    in_training = {key[4:]: value for key, value in result.history[-1].items() if key.startswith("val_")}
+    evaluated = evaluate_checkpoint(result.last_checkpoint, data, task_name=task.name)
+    with autocast_context(inputs.device, torch.bfloat16):
+        under_autocast = evaluate_checkpoint(result.last_checkpoint, data, task_name=task.name)
+    unequal = {key: (round(value, 6), round(evaluated[key], 6)) for key, value in in_training.items()
+               if not np.isclose(value, evaluated[key], rtol=EVAL_RTOL, atol=1e-6)}
+    return not unequal and len(in_training) > 0, {
+        "metrics": len(in_training), "psnr": round(evaluated["psnr"], 4), "ssim": round(evaluated["ssim"], 5),
+        "ssim_under_bf16_autocast": round(under_autocast["ssim"], 5), "rtol": EVAL_RTOL,
+        "unequal (in training, evaluated)": unequal}
+
+
+def check_crnn(inputs: GpuCheckInputs) -> tuple[bool, dict]:
+    """Training steps of the CRNN (LSTM) text recogniser with CTC under bf16: finite, and falling."""
+    import math
+
+    from raycv.tasks import get_task
+
+    task = get_task("textrec")
+    # Dry: one batch of 8 (bf16 runs slowly on a CPU), and only the one batch is ever read.
+    data = inputs.dataset("textrec", {"train": 16, "val": 4} if inputs.dry else {"train": 512, "val": 64})
+    cfg = task.default_config().replace(model="crnn_lstm", amp="bf16", augment=False, schedule="constant",
+                                        batch_size=8 if inputs.dry else 64, width=0.25 if inputs.dry else 1.0)
+    batch, meta = inputs.fixed_batch("textrec", cfg, data)
+    bf16, fp32 = (fixed_batch_run(task, cfg.replace(amp=amp), meta, batch, inputs.device, inputs.steps)["losses"]
+                  for amp in ("bf16", "off"))
+    ok = all(math.isfinite(loss) for loss in bf16) and bf16[-1] < bf16[0]
+    # The recurrence rounds once per column, so the gap to fp32 is reported, not held to VGG's tolerance.
+    return ok, {"first_loss": round(bf16[0], 4), "last_loss": round(bf16[-1], 4), "steps": len(bf16),
+                "fp32_first_loss": round(fp32[0], 4), "fp32_last_loss": round(fp32[-1], 4)}
+
+
+GPU_CHECKS = [("bf16_train_step", check_amp_step, "bf16"), ("fp16_gradscaler_train_step", check_amp_step, "fp16"),
+              ("torch_compile", check_compile), ("ddp_2_workers", check_ddp), ("tune_half_gpu_trials", check_tune),
+              ("serve_half_gpu", check_serve), ("eval_metrics_amp_on_off", check_eval_amp),
+              ("crnn_bf16_train_step", check_crnn)]
+
+
+def run_check(name: str, check, *arguments) -> dict:
+    """One check, timed; an exception fails it alone, with its traceback in the log and its message in the row."""
+    import traceback
+
+    started = time.perf_counter()
+    try:
+        ok, detail = check(*arguments)
+    except Exception as error:  # one broken path must not hide the others
+        traceback.print_exc()
+        ok, detail = False, {"error": f"{type(error).__name__}: {error}"[:1000]}
+    seconds = round(time.perf_counter() - started, 1)
+    print(f"[gpu-check] {name}: {'ok' if ok else 'FAILED'} in {seconds:.1f} s  {json.dumps(detail)}", flush=True)
+    return {"check": name, "ok": bool(ok), "seconds": seconds, "detail": detail}
+
+
+def bench_gpu_check(args, workdir: str) -> list[dict]:
+    inputs = GpuCheckInputs(args, workdir)
+    rows = [run_check(name, check, inputs, *rest) for name, check, *rest in GPU_CHECKS]
+    print(f"[gpu-check] {sum(row['ok'] for row in rows)} of {len(rows)} passed on {inputs.device}", flush=True)
     return rows
 
 
 SECTIONS = {"synth": bench_synth, "train": bench_train, "ingest": bench_ingest, "serve": bench_serve,
-            "predict": bench_predict, "tune": bench_tune, "search": bench_search}
+            "predict": bench_predict, "tune": bench_tune, "search": bench_search, "gpu-check": bench_gpu_check}
+# A check, not a benchmark: named, never run by default.
+DEFAULT_SECTIONS = [section for section in SECTIONS if section != "gpu-check"]
 
 
 def markdown(results: dict, sections: list[str]) -> str:
@@ -496,7 +866,8 @@ def markdown(results: dict, sections: list[str]) -> str:
     machine = results["machine"]
     lines = ["# raycv benchmarks", "",
              f"Machine: {machine['platform']}, {machine['cpus']:g} CPUs seen by Ray, GPU: {machine['gpu'] or 'none'}; "
-             f"torch {machine['torch']}, Ray {machine['ray']}; {'--quick' if results['quick'] else 'full sizes'}; "
+             f"torch {machine['torch']}, Ray {machine['ray']}; "
+             f"{'--dry' if results.get('dry') else '--quick' if results['quick'] else 'full sizes'}; "
              f"{results['seconds']:.0f} s in all.", ""]
     for section in sections:
         lines += [f"## {section} ({results['section_seconds'][section]:.0f} s)", "",
@@ -506,9 +877,13 @@ def markdown(results: dict, sections: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("sections", nargs="*", metavar="SECTION",
+                        help=f"any of {', '.join(SECTIONS)} (default: all but gpu-check)")
     parser.add_argument("--quick", action="store_true", help="small sizes for 2 CPU cores (minutes)")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--dry", action="store_true",
+                        help="on the CPU with CUDA hidden, tiny sizes (implies --quick): gpu-check runs each GPU "
+                             "path's CPU equivalent, so the check itself is tested where there is no GPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
     parser.add_argument("--cpus", type=int, default=2, help="CPU threads per training worker")
     parser.add_argument("--out", default="bench.json")
@@ -516,6 +891,13 @@ def main() -> None:
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
+    if args.dry and args.gpu:
+        parser.error("--dry runs on the CPU; drop --gpu")
+    if args.dry:
+        # Before torch and Ray start: hidden from this process, from Ray's resource count and from every worker.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        args.quick = True
+    sections = args.sections or DEFAULT_SECTIONS
 
     import ray
     import torch
@@ -523,12 +905,15 @@ def main() -> None:
     from raycv.report import table
     from raycv.runtime import init_ray
 
-    init_ray()
+    if "gpu-check" in sections and not args.dry and not torch.cuda.is_available():
+        parser.error("gpu-check needs a CUDA GPU (none found); add --dry to run its CPU equivalents")
+    # A dry run is a rehearsal of this machine alone: its own local Ray (never RAY_ADDRESS's cluster, nor another
+    # Ray on this machine), with room for 2 DDP workers even on one core.
+    init_ray(**({"address": "local", "num_cpus": max(2, os.cpu_count() or 1)} if args.dry else {}))
     results = {"machine": {"platform": platform.platform(), "cpus": ray.cluster_resources().get("CPU"),
                            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                            "torch": torch.__version__, "ray": ray.__version__},
-               "quick": args.quick}
-    sections = args.sections or list(SECTIONS)
+               "quick": args.quick, "dry": args.dry}
     started = time.perf_counter()
     results["section_seconds"] = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -536,14 +921,20 @@ def main() -> None:
             section_started = time.perf_counter()
             rows = SECTIONS[section](args, workdir)
             results[section] = rows
-            results["section_seconds"][section] = round(time.perf_counter() - section_started, 1)
-            print(table(rows, f"\n[{section}] ({results['section_seconds'][section]:.0f} s)"))
+            seconds = results["section_seconds"][section] = round(time.perf_counter() - section_started, 1)
+            # On a GPU machine each section should fit one 10-minute call.
+            on_gpu = (args.gpu or section == "gpu-check") and not args.dry
+            over = "; over 10 minutes: trim its sizes" if on_gpu and seconds > 600 else ""
+            print(table(rows, f"\n[{section}] ({seconds:.0f} s{over})"), flush=True)
     results["seconds"] = round(time.perf_counter() - started, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     markdown_path = Path(args.out).with_suffix(".md")
     markdown_path.write_text(markdown(results, sections) + "\n")
     print(f"\nall sections: {results['seconds']:.0f} s; wrote {args.out} and {markdown_path}")
+    failed = [row["check"] for row in results.get("gpu-check", []) if not row["ok"]]
+    if failed:
+        sys.exit(f"gpu-check failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

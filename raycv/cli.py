@@ -335,7 +335,7 @@ def run_serve(args: argparse.Namespace) -> None:
 
     check_local_gpus(options.max_replicas, options.gpu, f"serving up to {options.max_replicas} replicas")
     init_ray_for(args)
-    run_server(options, args.host, args.port)
+    run_server(options, args.host, args.port, verbose=args.verbose)
 
 
 @dataclass(frozen=True)

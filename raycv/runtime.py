@@ -37,6 +37,9 @@ def interactive() -> bool:
 # Lines Ray's processes send to the driver (log_to_driver) that tell a raycv user nothing to act on.
 # Matched per line, so everything else a worker prints, tracebacks included, still reaches the user.
 RAY_NOISE = (
+    # Empty lines: Ray Train echoes each print into its log with the newline kept, and the progress bar of
+    # train.py (ray.experimental.tqdm_ray) prints its state every second, so each second added a blank line.
+    r"^$",
     # Ray Data, in Ray Train's data coordinators: a line per dataset and epoch, and its advice to turn on
     # the ingest progress bars that train.py turns off on purpose.
     r"Dataset \S+ execution finished in ",
@@ -48,6 +51,12 @@ RAY_NOISE = (
     r"has constructor arguments in the object store and max_restarts > 0",
     # The GCS failing to kill an actor that had already exited, e.g. when Serve or Tune stop.
     r"Failed to kill actor .*KillActor RPC failed",
+    # serve.shutdown killing Serve's controller while its own graceful shutdown call is still pending.
+    r"Task ServeController\.graceful_shutdown failed\. There are infinite retries remaining",
+    # Ray Train freeing a run's resources once its controller is gone: after every Tune trial, stopped or done.
+    r"Detected that the Ray Train controller actor \(\w+\) is dead\. Cleaning up placement group",
+    # The raylet counting worker processes against the CPUs: Tune's trial drivers ask 0.01 CPU on purpose (tune.py).
+    r"PYTHON worker processes have been started on node: .* the maximum expected startup concurrency",
 )
 # Ray 2.60 turns token authentication on for every local Ray that ray.init starts and says so each time.
 # Auth stays on; only the notice goes.
@@ -90,6 +99,9 @@ def quiet_ray_logs() -> None:
     logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
     # Ray Data logs each dataset's start, plan and end at INFO, and its progress too without a terminal.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Its progress-bar module only gives advice on the bars, at WARNING: that operator names get shortened to
+    # fit a terminal, or that the bars are off (forwarded from workers, those lines are in RAY_NOISE).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # Ray's own filter for forwarded lines is RAY_DEDUP_LOGS_SKIP_REGEX, read once, when ray is imported
     # (before this runs): the user's pattern is kept and RAY_NOISE added, on the driver's deduplicators of
     # forwarded stdout and stderr. RAY_DEDUP_LOGS=0 turns them off, and so shows every line.

@@ -50,15 +50,6 @@ def error(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def decode_or_raise(data: bytes, max_pixels: int, what: str, mode: str = "RGB") -> np.ndarray:
-    try:
-        return decode_image(data, mode=mode, max_pixels=max_pixels)
-    except ImageTooLarge as problem:
-        raise error(413, f"{what}: {problem}") from None
-    except ValueError as problem:
-        raise error(400, f"{what}: {problem}") from None
-
-
 api = FastAPI(title="raycv", description="Classic computer-vision models served with Ray Serve.")
 
 
@@ -188,16 +179,26 @@ class ModelServer:
         if content_type in RAW_IMAGE_TYPES:
             if not body:
                 raise error(422, "empty request body: send the image bytes")
-            return [decode_or_raise(body, self.options.max_pixels, "body", self.image_mode)]
+            return [self.decode(body, "body")]
         if content_type == "multipart/form-data":
-            return [decode_or_raise(await self.form_image(request), self.options.max_pixels, "form field 'image'",
-                                    self.image_mode)]
+            return [self.decode(await self.form_image(request), "form field 'image'")]
         if content_type == "application/json":
-            return [decode_or_raise(data, self.options.max_pixels, f"images[{index}]", self.image_mode)
-                    for index, data in enumerate(self.json_images(body))]
+            return [self.decode(data, f"images[{index}]") for index, data in enumerate(self.json_images(body))]
         raise error(415, f"unsupported content type {content_type or '(none)'!r}: send one of "
                          f"{', '.join(RAW_IMAGE_TYPES)}, multipart/form-data with field 'image', "
                          "or application/json {\"images\": [base64, ...]}")
+
+    def decode(self, data: bytes, what: str) -> np.ndarray:
+        """The image in `data` (`what` part of the request), or 400 for unreadable bytes and 413 for too many
+        pixels, naming the option that sets the limit when it is this app's."""
+        try:
+            return decode_image(data, mode=self.image_mode, max_pixels=self.options.max_pixels)
+        except ImageTooLarge as problem:
+            ours = problem.limit == self.options.max_pixels  # else Pillow's, which --max-pixels cannot raise
+            option = f" (raycv {self.loaded.task.name} serve --max-pixels)" if ours else ""
+            raise error(413, f"{what}: {problem}{option}") from None
+        except ValueError as problem:
+            raise error(400, f"{what}: {problem}") from None
 
     @staticmethod
     async def form_image(request: Request) -> bytes:
@@ -296,15 +297,21 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return build_app(options)
 
 
-def run_server(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Deploy on the connected Ray cluster (or a local one) and stay up until interrupted."""
+def run_server(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
+    """Deploy on the connected Ray cluster (or a local one) and stay up until interrupted. Unless `verbose`,
+    Serve's own bookkeeping is not shown; the replicas' access log (a line per request) and errors are."""
+    import logging
     import time
 
     from raycv.runtime import init_ray
 
     app = build_app(options)
-    init_ray()
-    serve.start(http_options={"host": host, "port": port})
+    init_ray(verbose=verbose)
+    if not verbose:
+        # Serve's driver-side notices (started, connecting, ready): the address is printed below instead.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    # The controller's and proxies' INFO lines are endpoint updates and replica bookkeeping.
+    serve.start(http_options={"host": host, "port": port}, logging_config=None if verbose else {"log_level": "WARNING"})
     serve.run(app, name="raycv", route_prefix="/")
     print(f"raycv serving {options.checkpoint}\n  POST http://{host}:{port}/v1/{options.task}/predict\n"
           f"  docs: http://{host}:{port}/docs   (Ctrl-C to stop)")

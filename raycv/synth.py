@@ -3,7 +3,7 @@
 `ray.data.range(count)` is mapped to stored rows by the task's `synthesize_sample`. Every sample draws
 from its own generator seeded by (seed, split, sample id), so the contents do not depend on how Ray
 splits the range into blocks or how many workers run: one worker and fifty give the same bytes.
-The dataset is written to a temporary folder and renamed into place, and its manifest is written
+The dataset is written to a temporary folder and moved into place, and its manifest is written
 last, so a half-written dataset is never read.
 """
 
@@ -122,8 +122,10 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
             "raycv_version": raycv.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - started, 2),
         }
-        storage.write_json(storage.join(tmp, MANIFEST), manifest)
+        # The manifest goes in after the move: on object stores the move is a copy, file by file, and
+        # readers trust a dataset once its manifest exists.
         storage.move(tmp, out)
+        storage.write_json(storage.join(out, MANIFEST), manifest)
     finally:
         storage.delete_dir(tmp)
     return manifest

@@ -113,21 +113,23 @@ def build_trainer(task: Task, cfg: TrainConfig, datasets: dict[str, ray.data.Dat
 def fit(task: Task, cfg: TrainConfig, data: str) -> FitResult:
     """Train `task` on the dataset at `data`; resumes if a run of the same name exists."""
     cfg = cfg.replace(name=cfg.name or default_run_name(task, cfg)).validate()
+    run_dir = storage.join(storage.absolute(cfg.storage), task.name, cfg.name)
+    storage.exists(run_dir)  # an unreachable bucket is one line here, not a traceback from inside Ray Train
     datasets, meta = prepare_datasets(task, data, cfg)
     result = build_trainer(task, cfg, datasets, meta).fit()
     if result.error is not None:
         raise result.error
     best = result.get_best_checkpoint(f"val_{task.metric}", task.metric_mode) or result.checkpoint
-    with checkpoint.local_copy(result.checkpoint.path) as folder:
+    last_path = storage.under(run_dir, result.checkpoint.path)
+    with checkpoint.local_copy(last_path) as folder:
         last_meta = checkpoint.read_meta(folder)
     history = last_meta["history"]
     best_metrics = max(history, key=lambda row: row[f"val_{task.metric}"] * (1 if task.metric_mode == "max" else -1))
-    run_dir = storage.join(storage.absolute(cfg.storage), task.name, cfg.name)
     write_run_report(run_dir, cfg, history, task.metric)
     # A stable name for the best weights (Ray's checkpoint folders are named by time).
     best_path = storage.join(run_dir, BEST_CHECKPOINT)
-    storage.copy_dir(best.path, best_path)
-    return FitResult(run_dir, best_path, result.checkpoint.path, history, best_metrics, last_meta.get("resumed_at", []))
+    storage.copy_dir(storage.under(run_dir, best.path), best_path)
+    return FitResult(run_dir, best_path, last_path, history, best_metrics, last_meta.get("resumed_at", []))
 
 
 # ---------------------------------------------------------------------------------------------

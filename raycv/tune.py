@@ -99,13 +99,14 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
         raise RaycvError(f"invalid samples={samples}: expected an integer >= 1")
     path = storage.join(storage.absolute(base.storage), task.name, "tune", name)
     metric = f"val_{task.metric}"
+    trials_root = storage.join(path, "trials")
     datasets, meta = prepare_datasets(task, data, base)
     trainable = ray.tune.with_parameters(run_trial, task_name=task.name, base=base.to_dict(), datasets=datasets,
-                                         meta=meta, trials_root=storage.join(path, "trials"))
+                                         meta=meta, trials_root=trials_root)
     # The trial driver only waits on its TorchTrainer, whose workers hold the CPUs and GPUs; a whole
     # CPU per driver would starve the workers on small machines (Tune refuses an empty request).
     trainable = ray.tune.with_resources(trainable, {"CPU": 0.01})
-    if ray.tune.Tuner.can_restore(path):
+    if storage.exists(path) and ray.tune.Tuner.can_restore(path):  # storage.exists: one line if unreachable
         tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         scheduler = ASHAScheduler(max_t=base.epochs, grace_period=grace_period, reduction_factor=2) if asha else None
@@ -114,8 +115,10 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
             param_space=space,
             tune_config=ray.tune.TuneConfig(metric=metric, mode=task.metric_mode, scheduler=scheduler,
                                             num_samples=samples, max_concurrent_trials=max_concurrent),
+            # Tune's own report (a status table every 30 s, each trial's config and results) repeats the trials'
+            # epoch lines and the table at the end; a failed trial is still logged, and listed in that table.
             run_config=ray.tune.RunConfig(storage_path=storage.join(storage.absolute(base.storage), task.name, "tune"),
-                                          name=name),
+                                          name=name, verbose=None if base.verbose else 0),
         )
     results = tuner.fit()
     rows = []
@@ -130,7 +133,7 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
             "epochs": int(result.metrics["training_iteration"]), metric: best_epoch[metric],
             **({"sparsity_measured": best_epoch["sparsity"]} if "sparsity" in best_epoch else {}),
             "status": "stopped early" if result.metrics["training_iteration"] < base.epochs else "completed",
-            "checkpoint": best_epoch.get("checkpoint_path", ""),
+            "checkpoint": storage.under(trials_root, best_epoch["checkpoint_path"]),
         })
     scored = [row for row in rows if metric in row]
     if not scored:

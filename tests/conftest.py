@@ -11,6 +11,20 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# S3 as a cluster's nodes get it: credentials and endpoint from the environment, set here before Ray starts
+# so that every Ray worker inherits them. The endpoint is the loopback S3 server test_s3.py opens on this
+# port; fake credentials also keep a developer's real ones from ever reaching a test.
+S3_PORT = free_port()
+os.environ.update(AWS_ACCESS_KEY_ID="raycv-test", AWS_SECRET_ACCESS_KEY="raycv-test", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
@@ -93,10 +107,17 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG header declaring an RGB image of width x height, without its pixels: the first bytes of a
+    decompression bomb, for the size checks that must refuse an image before decoding it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 @contextmanager

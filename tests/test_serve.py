@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import free_port, png_bytes
+from conftest import free_port, header_only_png, png_bytes
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
@@ -92,6 +92,7 @@ BAD_REQUESTS = {
     "body over limit": (dict(content=b"\0" * (1024 * 1024 + 10), headers={"content-type": "image/png"}), 413),
     "too many pixels": (dict(content=png_bytes(np.zeros((600, 600, 3), np.uint8)),
                              headers={"content-type": "image/png"}), 413),
+    "decompression bomb": (dict(content=header_only_png(20000, 20000), headers={"content-type": "image/png"}), 413),
     "missing json field": (dict(json={"pictures": []}), 422),
     "empty image list": (dict(json={"images": []}), 422),
     "missing form field": (dict(files={"photo": ("x.png", b"1", "image/png")}), 422),
@@ -104,6 +105,30 @@ def test_bad_input_gets_its_4xx_with_a_reason(server, case):
     response = httpx.post(f"{server}/v1/classify/predict", timeout=30, **kwargs)
     assert response.status_code == status, (case, response.status_code, response.text)
     assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+USER_FACING_ANSWERS = {
+    "corrupt image": "body: not a readable image: a corrupt or truncated header",
+    "text as image": "body: not a readable image: cannot identify the format of 5 bytes (readable: PNG, JPEG",
+    "too many pixels": "body: image of 600x600 pixels exceeds the limit of 262144 pixels "
+                       "(raycv classify serve --max-pixels)",
+    # Pillow refuses this header before raycv's check, but the answer still names raycv's limit.
+    "decompression bomb": "body: image of more than 178956970 pixels exceeds the limit of 262144 pixels "
+                          "(raycv classify serve --max-pixels)",
+}
+
+
+def test_unreadable_and_oversized_images_are_answered_in_raycvs_terms(server):
+    for case, expected in USER_FACING_ANSWERS.items():
+        kwargs, status = BAD_REQUESTS[case]
+        response = httpx.post(f"{server}/v1/classify/predict", timeout=30, **kwargs)
+        assert response.status_code == status, (case, response.text)
+        detail = response.json()["detail"]
+        assert detail.startswith(expected), (case, detail)
+        assert "<" not in detail and "object at 0x" not in detail and "Pillow" not in detail, (case, detail)
+    garbage = base64.b64encode(b"GIF89a truncated").decode()
+    response = httpx.post(f"{server}/v1/classify/predict", json={"images": [garbage]}, timeout=30)
+    assert response.status_code == 400 and response.json()["detail"].startswith("images[0]: not a readable image")
 
 
 def test_wrong_task_route_is_404(server, known_image):
