@@ -1,0 +1,81 @@
+"""Users' photographs to model-sized uint8 batches: decoding every file Pillow reads, and the
+torchvision transforms.v2 pipelines of training and evaluation, run per image on Ray Data's CPU workers.
+
+Real folders hold what cameras and editors write: EXIF-rotated JPEGs, CMYK JPEGs, 16-bit and
+palette PNGs, RGBA, greyscale, and now and then a truncated file. `decode_photo` turns each into an
+upright 8-bit RGB array or raises ValueError; `transform_photos` applies a pipeline to a batch of
+encoded files and reports which ones could not be read, so a reader can skip and count them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import v2
+
+# Evaluation resizes the shorter side to size / EVAL_CROP_FRACTION and keeps the centre (torchvision's
+# ImageNet recipe: 256 -> 224).
+EVAL_CROP_FRACTION = 0.875
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def decode_photo(data: bytes) -> np.ndarray:
+    """Encoded image bytes to an upright uint8 (H, W, 3) RGB array. EXIF orientation is applied; 16-bit
+    images keep their top 8 bits (Pillow's own RGB conversion clips them to white); transparency is
+    composited over white, as viewers show it. Raises ValueError for anything unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image)  # also loads the pixels: truncation shows here
+            return _to_rgb(image)
+    except UNREADABLE as error:
+        raise ValueError(f"not a readable image ({type(error).__name__}: {error})") from None
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit integer) greyscale
+        pixels = np.asarray(image, dtype=np.int64)
+        depth = 16 if image.mode.startswith("I;16") or pixels.max(initial=0) < 65536 else 32
+        grey = (np.clip(pixels, 0, 2**depth - 1) >> (depth - 8)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "P":  # palette images may carry transparency in the palette
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, image.convert("RGBA")).convert("RGB"))
+    return np.asarray(image.convert("RGB"))  # L, CMYK, YCbCr, RGB, 1, F ...
+
+
+def train_transform(size: int) -> Transform:
+    """Training augmentation for real photos: a random crop of random scale and aspect resized to
+    size x size, a horizontal flip, and TrivialAugmentWide's one random colour or geometry op."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.TrivialAugmentWide(),
+    ])
+
+
+def eval_transform(size: int) -> Transform:
+    """Evaluation: the shorter side resized to size / 0.875, then the central size x size."""
+    return v2.Compose([v2.Resize(round(size / EVAL_CROP_FRACTION), antialias=True), v2.CenterCrop(size)])
+
+
+def transform_photos(encoded: list[bytes] | np.ndarray, transform: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and transform a batch of encoded photos: (uint8 NHWC images of the readable ones, a
+    boolean mask of which inputs were readable)."""
+    images, readable = [], np.zeros(len(encoded), dtype=bool)
+    for index, data in enumerate(encoded):
+        try:
+            pixels = decode_photo(bytes(data))
+        except ValueError:
+            continue
+        chw = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy: PIL's arrays are read-only
+        images.append(transform(chw).permute(1, 2, 0).numpy())
+        readable[index] = True
+    return (np.stack(images) if images else np.zeros((0, 0, 0, 3), dtype=np.uint8)), readable
