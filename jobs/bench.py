@@ -13,6 +13,15 @@ Sections:
   ingest  images/s Ray Data delivers through iter_torch_batches (decoded once into the object store, as
           training does by default, and decoded from Parquet every epoch) against the images/s the
           model consumes in a bare training loop: headroom > 1 means data loading is not the bottleneck.
+  photo-ingest  a folder of camera-sized JPEGs (raycv.data.photo_crops; 600, 240 with --quick; a pass reads it 8
+          times) to augmented 224-px uint8 batches of 64 (photo_pipeline.train_transform through transform_photos):
+          Ray Data (read_binary_files -> map_batches -> iter_torch_batches) against torch's DataLoader running the
+          same decode and transform, with as many 1-CPU Ray tasks as DataLoader workers (one per CPU); a warm-up
+          pass each, then passes in alternating order: median images/s, per core, the ratio Ray / DataLoader,
+          seconds to the first batch, and images/s over the middle half of a pass (a long epoch's rate, without
+          the start-up that Ray Data pays on every pass). Then one untimed pass each for memory: the peak
+          proportional set size of this process and all its descendants (Ray's daemons and idle workers are in it
+          for both pipelines) and its rise over the size before the pass, and the rise of the object store's use.
   serve   req/s and p50/p95/p99 latency at concurrency 1, 8 and 32 of (a) raycv's Serve app with dynamic
           batching and (b) a single-process FastAPI/uvicorn + torch server with the same model, on the
           same machine in the same run; the figure is (a)/(b) in req/s at concurrency 32.
@@ -43,6 +52,7 @@ Markdown next to it (bench.json -> bench.md), with the machine they were measure
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -50,9 +60,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -460,8 +474,8 @@ def bench_ingest(args, workdir: str) -> list[dict]:
     device = torch.device("cuda" if args.gpu else "cpu")
     consumed = bare_loop_images_per_s(task, cfg, data, steps=max(20, (size // batch) // 2))
     rows = []
-    for cache, source in ((True, "object store (decoded once, the default)"),
-                          (False, "Parquet, PNG decode every epoch")):
+    for cache, source in (("on", "object store (decoded once)"),
+                          ("off", "Parquet, PNG decode every epoch")):
         datasets, _ = prepare_datasets(task, data, cfg.replace(cache_data=cache))
         rate = batches_per_s(datasets["train"], batch, device)
         rows.append({"source": source, "images": size, "batch": batch, "device": device.type,
@@ -470,46 +484,235 @@ def bench_ingest(args, workdir: str) -> list[dict]:
     return rows
 
 
-class GpuSampler:
-    """Samples GPU utilisation and memory with nvidia-smi every half second while in a `with` block."""
+# ---------------------------------------------------------------------------------------------
+# photo-ingest: a folder of real-size JPEGs to augmented 224-px batches, Ray Data against torch's DataLoader.
 
-    def __init__(self):
-        import shutil
+PHOTO_SIZE = 224  # what photo_pipeline.train_transform crops to
+PHOTO_BATCH = 64  # the batch both pipelines hand the training loop
+PHOTO_PASS_REPEATS = 8  # a pass reads the folder this many times: long enough that a pass's start-up does not dominate
+# Batches iter_torch_batches prepares ahead in the driver (the DataLoader's default keeps 2 per worker in flight).
+RAY_PREFETCH_BATCHES = 2
+# Files each Ray task reads and augments: two training batches. Each task's end waits for the driver to schedule
+# the next one; on 2 busy cores those gaps left a core idle part of the time with 64 files per task.
+RAY_FILES_PER_TASK = 2 * PHOTO_BATCH
+
+
+def augmented_photos(encoded: list[bytes] | np.ndarray, size: int) -> np.ndarray:
+    """The decode and augmentation both pipelines run: uint8 NHWC training crops (unreadable files skipped)."""
+    from raycv.data.photo_pipeline import train_transform, transform_photos
+
+    return transform_photos(encoded, train_transform(size))[0]
+
+
+def augmented_photo_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    return {"image": augmented_photos(batch["bytes"], size)}
+
+
+class EncodedPhotoFiles:
+    """A map-style torch Dataset of photo files: each item read and augmented in a DataLoader worker."""
+
+    def __init__(self, files: list[str], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        return torch.from_numpy(augmented_photos([Path(self.files[index]).read_bytes()], self.size)[0])
+
+
+def ray_photo_batches(files: list[str], size: int) -> Iterator:
+    """One pass of Ray Data over `files` in 1-CPU tasks, as many at once as the cluster has CPUs, each reading
+    and augmenting RAY_FILES_PER_TASK files, batched for training in the driver.
+
+    Tuned on 2 cores, where Ray Data's defaults delivered less than half the DataLoader's rate:
+    - map_batches(batch_size=None) takes each read block whole. With a batch_size, Ray Data does not fuse the
+      read into the map (a read may change the row count), and the read tasks then take CPU slots of their own.
+    - RAY_FILES_PER_TASK files per read task: the default (~16 blocks however many files) made tasks of a few
+      dozen files each, and more scheduling gaps per image.
+    - op_resource_reservation_enabled=False: the default reserves half of the CPUs per operator, and with one
+      fused operator it ran one task at a time though two CPUs were free (spans of the tasks showed it).
+    - No concurrency cap (compute=TaskPoolStrategy(size=CPUs)): the cluster's CPUs already hold Ray to that
+      many tasks at once, while Ray Data's cap also counts a finished task until the driver takes its output:
+      capped, two CPUs computed 1.2 tasks at a time on average; uncapped, 1.5."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    reserving, context.op_resource_reservation_enabled = context.op_resource_reservation_enabled, False
+    try:
+        blocks = -(-len(files) // RAY_FILES_PER_TASK)
+        dataset = ray.data.read_binary_files(files, override_num_blocks=blocks).map_batches(
+            augmented_photo_batch, fn_kwargs={"size": size}, batch_size=None, num_cpus=1)
+        for batch in dataset.iter_torch_batches(batch_size=PHOTO_BATCH, prefetch_batches=RAY_PREFETCH_BATCHES):
+            yield batch["image"]
+    finally:
+        context.op_resource_reservation_enabled = reserving
+
+
+def process_tree_pss(root) -> int:
+    """Proportional set size in bytes of `root` (a psutil.Process) and all its descendants. Shared pages (the
+    object store, torch's shared-memory batches, pages forked copy-on-write) are split among the processes
+    that map them, so the sum counts them once; a sum of RSS would count them in every process."""
+    import psutil
+
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):  # exited since it was listed, or not ours
+            continue
+    return total
+
+
+def object_store_bytes(state) -> int:
+    """Bytes in Ray's object store across the cluster (`ray memory --stats-only` reads the same figure)."""
+    from ray._private.internal_api import get_memory_info_reply
+
+    return get_memory_info_reply(state).store_stats.object_store_bytes_used
+
+
+def photo_jpeg_files(args, workdir: str) -> list[str]:
+    """Camera-sized JPEGs of raycv.data.photo_crops (written once): 600 images, 240 with --quick."""
+    from raycv.data.photo_crops import write_photo_crops
+    from raycv.data.photos import PHOTO_NAMES
+
+    folder = Path(workdir) / "photo-crops"
+    if not folder.exists():
+        write_photo_crops(str(folder), PHOTO_NAMES, train_per_class=16 if args.quick else 40, val_per_class=0,
+                          seed=0)
+    return sorted(str(path) for path in folder.glob("train/*/*.jpg"))
+
+
+def timed_pass(batches: Iterator) -> dict:
+    """Images/s of one pass over `batches`, the seconds to its first batch, and images/s over the middle half of
+    the pass, where neither the start-up nor the last tasks' tail count (a long epoch's rate)."""
+    started, images, arrivals = time.perf_counter(), 0, []
+    for batch in batches:
+        images += len(batch)
+        arrivals.append((time.perf_counter() - started, images))
+    seconds = arrivals[-1][0]
+    (quarter_s, quarter_images), (three_quarters_s, three_quarters_images) = (
+        next(arrival for arrival in arrivals if arrival[1] >= fraction * images) for fraction in (0.25, 0.75))
+    return {"img_s": images / seconds, "first_batch_s": arrivals[0][0], "images": images,
+            "img_s_mid_pass": (three_quarters_images - quarter_images) / (three_quarters_s - quarter_s)}
+
+
+def pass_memory(batches: Iterator, sample: Callable[[], tuple[int, int]]) -> dict:
+    """Peaks of `sample`'s (process-tree bytes, object-store bytes) over one pass, and the tree's size before it.
+    A pass of its own, untimed: one sample reads every process's page tables, about 60 ms of a core, which
+    would be taken from the pipeline measured."""
+    gc.collect()  # references to the last pass's blocks, which would leave them in the store until collected
+    idle_tree, idle_store = sample()
+    with Sampler(sample, interval=0.25) as sampler:
+        for _ in batches:
+            pass
+    peak_tree, peak_store = (max(column) for column in zip(*sampler.samples, strict=True))
+    return {"tree_pss_peak_mib": round(peak_tree / 2**20), "tree_pss_added_mib": round((peak_tree - idle_tree) / 2**20),
+            "object_store_added_mib": round((peak_store - idle_store) / 2**20)}
+
+
+def bench_photo_ingest(args, workdir: str) -> list[dict]:
+    import ray
+    import psutil  # Ray ships it, and importing ray puts it on sys.path
+    import torch
+    from ray._private.internal_api import get_state_from_address
+
+    files = photo_jpeg_files(args, workdir) * PHOTO_PASS_REPEATS
+    workers = int(ray.cluster_resources().get("CPU", 1))
+    # Persistent workers, as a training run keeps them between epochs (Ray's workers stay too); spawned, since
+    # forking this process would copy Ray's gRPC threads' locks in whatever state they are in.
+    loader = torch.utils.data.DataLoader(EncodedPhotoFiles(files, PHOTO_SIZE), batch_size=PHOTO_BATCH,
+                                         num_workers=workers, persistent_workers=True,
+                                         multiprocessing_context="spawn")
+    pipelines = {
+        f"Ray Data: read_binary_files -> map_batches (1-CPU tasks of {RAY_FILES_PER_TASK} files, {workers} CPUs) -> "
+        f"iter_torch_batches({PHOTO_BATCH}, prefetch {RAY_PREFETCH_BATCHES})":
+            lambda: ray_photo_batches(files, PHOTO_SIZE),
+        f"torch DataLoader(batch {PHOTO_BATCH}, {workers} workers, persistent, prefetch 2 each)": lambda: iter(loader),
+    }
+    root, state = psutil.Process(), get_state_from_address(ray.get_runtime_context().gcs_address)
+
+    def sample() -> tuple[int, int]:
+        return process_tree_pss(root), object_store_bytes(state)
+
+    # Pass 0 warms both up (worker processes, imports, page cache) and is left out. Then the order alternates,
+    # as in the synth section, so that a drift of the machine cancels in the median.
+    rounds = 3 if args.quick else 5
+    names = list(pipelines)
+    passes: dict[str, list[dict]] = {name: [] for name in names}
+    for round_index in range(rounds + 1):
+        for name in names[::-1] if round_index % 2 else names:
+            measured = timed_pass(pipelines[name]())
+            if round_index:
+                passes[name].append(measured)
+    rows = []
+    for name in names:
+        rate = statistics.median(p["img_s"] for p in passes[name])
+        rows.append({"pipeline": name, "workers": workers, "images_per_pass": passes[name][0]["images"],
+                     "passes": rounds, "img_s": round(rate, 1), "img_s_per_core": round(rate / workers, 1),
+                     "first_batch_s": round(statistics.median(p["first_batch_s"] for p in passes[name]), 2),
+                     "img_s_mid_pass": round(statistics.median(p["img_s_mid_pass"] for p in passes[name]), 1),
+                     "img_s_per_pass": [round(p["img_s"], 1) for p in passes[name]]})
+    # The DataLoader's first: Ray frees a pass's blocks asynchronously, so the store would shrink in the pass after.
+    for row, name in reversed(list(zip(rows, names, strict=True))):
+        row.update(pass_memory(pipelines[name](), sample))
+    ray_passes, loader_passes = passes.values()
+    rows.append({"pipeline": "ratio Ray Data / DataLoader (target >= 1)",
+                 "img_s": round(rows[0]["img_s"] / rows[1]["img_s"], 3),
+                 "img_s_mid_pass": round(rows[0]["img_s_mid_pass"] / rows[1]["img_s_mid_pass"], 3),
+                 "img_s_per_pass": [round(r["img_s"] / d["img_s"], 3)
+                                    for r, d in zip(ray_passes, loader_passes, strict=True)]})
+    return rows
+
+
+class Sampler:
+    """Calls `measure()` every `interval` seconds in a background thread while in a `with` block, keeping what
+    it returns (None: nothing to keep)."""
+
+    def __init__(self, measure: Callable[[], object], interval: float = 0.5):
         import threading
 
-        self.available = shutil.which("nvidia-smi") is not None
-        self.samples: list[tuple[float, float]] = []
+        self.measure, self.interval = measure, interval
+        self.samples: list = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
-        import subprocess
-
-        while not self.stop.wait(0.5):
-            output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                     "--format=csv,noheader,nounits", "--id=0"], capture_output=True, text=True).stdout
-            try:
-                utilisation, memory = (float(value) for value in output.strip().split(","))
-            except ValueError:
-                continue
-            self.samples.append((utilisation, memory))
+        while not self.stop.wait(self.interval):
+            sample = self.measure()
+            if sample is not None:
+                self.samples.append(sample)
 
     def __enter__(self):
-        if self.available:
-            self.thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
-        if self.available:
-            self.thread.join()
+        self.thread.join()
 
-    def summary(self) -> dict:
-        if not self.samples:
-            return {"gpu_util_mean_pct": None, "gpu_util_max_pct": None, "gpu_mem_max_mib": None}
-        utilisation = [u for u, _ in self.samples]
-        return {"gpu_util_mean_pct": round(statistics.mean(utilisation), 1), "gpu_util_max_pct": max(utilisation),
-                "gpu_mem_max_mib": max(m for _, m in self.samples)}
+
+def gpu_sample() -> tuple[float, float] | None:
+    """GPU 0's utilisation (%) and memory in use (MiB) from nvidia-smi; None where it cannot say."""
+    import subprocess
+
+    try:
+        output = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                 "--format=csv,noheader,nounits", "--id=0"], capture_output=True, text=True).stdout
+        utilisation, memory = (float(value) for value in output.strip().split(","))
+    except (FileNotFoundError, ValueError):  # no nvidia-smi, or no answer from it
+        return None
+    return utilisation, memory
+
+
+def gpu_summary(samples: list[tuple[float, float]]) -> dict:
+    if not samples:
+        return {"gpu_util_mean_pct": None, "gpu_util_max_pct": None, "gpu_mem_max_mib": None}
+    utilisation = [u for u, _ in samples]
+    return {"gpu_util_mean_pct": round(statistics.mean(utilisation), 1), "gpu_util_max_pct": max(utilisation),
+            "gpu_mem_max_mib": max(m for _, m in samples)}
 
 
 def bench_tune(args, workdir: str) -> list[dict]:
@@ -549,13 +752,13 @@ def timed_sweep(task, base, data: str, space: dict, name: str, concurrent: int, 
     from raycv.tune import sweep
 
     started = time.perf_counter()
-    with GpuSampler() if sample_gpu else nullcontext() as sampler:
+    with Sampler(gpu_sample) if sample_gpu else nullcontext() as sampler:
         result = sweep(task, base, data, space, name=name, max_concurrent=concurrent, asha=False)
     seconds = time.perf_counter() - started
     done = sum("val_accuracy" in row for row in result.rows)
     return {"trials": done, "seconds": round(seconds, 1), "trials_per_hour": round(3600 * done / seconds, 1),
             "best_val_accuracy": round(max(row["val_accuracy"] for row in result.rows if "val_accuracy" in row), 4),
-            **(sampler.summary() if sample_gpu else {})}
+            **(gpu_summary(sampler.samples) if sample_gpu else {})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -854,8 +1057,9 @@ def bench_gpu_check(args, workdir: str) -> list[dict]:
     return rows
 
 
-SECTIONS = {"synth": bench_synth, "train": bench_train, "ingest": bench_ingest, "serve": bench_serve,
-            "predict": bench_predict, "tune": bench_tune, "search": bench_search, "gpu-check": bench_gpu_check}
+SECTIONS = {"synth": bench_synth, "train": bench_train, "ingest": bench_ingest, "photo-ingest": bench_photo_ingest,
+            "serve": bench_serve, "predict": bench_predict, "tune": bench_tune, "search": bench_search,
+            "gpu-check": bench_gpu_check}
 # A check, not a benchmark: named, never run by default.
 DEFAULT_SECTIONS = [section for section in SECTIONS if section != "gpu-check"]
 

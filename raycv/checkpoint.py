@@ -69,6 +69,72 @@ def load_weights(path: str) -> dict[str, Any]:
         return torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu")
 
 
+def read_pretrained(path: str) -> dict[str, torch.Tensor]:
+    """The weights --pretrained names: a raycv checkpoint folder, or a state_dict file (torchvision's .pth,
+    or a {"state_dict": ...} / {"model": ...} wrapper of one), local or a storage URI."""
+    import io
+    import pickle
+
+    if storage.is_dir(storage.absolute(path)):
+        return load_weights(path)
+    if not storage.exists(storage.absolute(path)):
+        raise RaycvError(f"pretrained weights not found: {path}")
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(storage.absolute(path))), weights_only=True,
+                           map_location="cpu")
+    except pickle.UnpicklingError:  # weights_only refused to build some object
+        raise RaycvError(f"pretrained file {path} is not a state_dict: it pickles objects other than tensors (a "
+                         "whole model saved with torch.save(model)? save model.state_dict() instead)") from None
+    except Exception as error:  # text, a zip of something else, a truncated file
+        raise RaycvError(f"pretrained file {path} is not a state_dict: torch.load cannot read it "
+                         f"({type(error).__name__})") from None
+    if isinstance(state, dict):
+        state = next((state[key] for key in ("state_dict", "model") if isinstance(state.get(key), dict)), state)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RaycvError(f"pretrained file {path} is not a state_dict (a dict of parameter names to tensors); "
+                         f"it holds a {type(state).__name__}")
+    return state
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str | None, path: str) -> list[str]:
+    """Load `state` into `model`, which may wrap the network the weights were saved from (raycv's
+    models hold their network as a submodule, torchvision's files are of the bare network). Layers under
+    `head` (the output layer, whose size follows the class count) keep their fresh weights when the
+    shapes differ; any other missing layer or shape difference is an error naming it. Returns the names
+    of the parameters left fresh."""
+    own = model.state_dict()
+    prefixes = [""] + [f"{name}." for name, _ in model.named_children()]
+    prefix = max(prefixes, key=lambda p: sum(f"{p}{key}" in own for key in state))
+    if not any(f"{prefix}{key}" in own for key in state):
+        raise RaycvError(f"pretrained file {path} matches none of the model's layers (the file has "
+                         f"{next(iter(state))}, the model {next(iter(own))}); is it of another architecture?")
+    renamed = {f"{prefix}{key}": value for key, value in state.items()}
+    fresh = []
+    for key, value in own.items():
+        if not key.startswith(prefix):  # e.g. the input normalisation raycv's wrapper adds
+            continue
+        in_head = head is not None and (key.startswith(f"{head}.") or key == head)
+        if key not in renamed:
+            if in_head:
+                fresh.append(key)
+                continue
+            raise RaycvError(f"pretrained file {path} has no weights for layer {key} {tuple(value.shape)}; is it "
+                             "of another architecture?")
+        if renamed[key].shape != value.shape:
+            if in_head:
+                fresh.append(key)
+                del renamed[key]
+                continue
+            raise RaycvError(f"pretrained file {path} does not fit layer {key}: the file's shape "
+                             f"{tuple(renamed[key].shape)}, the model's {tuple(value.shape)}")
+    unexpected = sorted(set(renamed) - set(own))
+    if unexpected:
+        raise RaycvError(f"pretrained file {path} has layers the model lacks, e.g. {unexpected[0]}; is it of "
+                         "another architecture?")
+    model.load_state_dict(renamed, strict=False)
+    return fresh
+
+
 def load_train_state(folder: str) -> dict[str, Any]:
     return torch.load(os.path.join(folder, STATE_FILE), weights_only=True, map_location="cpu")
 

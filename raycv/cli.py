@@ -79,6 +79,7 @@ def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
         overrides["extra"] = {**defaults.extra, **task_options}
     cfg = defaults.replace(**overrides).validate()
     card.check_model(cfg.model)
+    card.check_options(cfg.extra)
     return cfg
 
 
@@ -120,6 +121,19 @@ def require_path(path: str, what: str) -> None:
     storage layer, which names the bucket when it cannot read one."""
     if "://" not in path and not os.path.exists(path):
         raise RaycvError(f"{what} not found: {path}")
+
+
+def check_user_data(task, data: str, cfg: TrainConfig) -> None:
+    """What can be checked of a run's inputs before Ray starts: the task's listing of a user's dataset
+    (raycv's own datasets, recognised by their manifest, need none) and the --pretrained file."""
+    from raycv.synth import MANIFEST
+
+    if "://" not in data and not os.path.exists(os.path.join(data, MANIFEST)):
+        task.check_data(data, cfg)
+    if cfg.pretrained:
+        from raycv.checkpoint import read_pretrained
+
+        read_pretrained(cfg.pretrained)
 
 
 def init_ray_for(args: argparse.Namespace) -> None:
@@ -182,6 +196,7 @@ def run_train(args: argparse.Namespace) -> None:
     check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"training with {cfg.workers} workers")
 
     task = get_task(args.task)
+    check_user_data(task, args.data, cfg)
     init_ray_for(args)
     result = fit(task, cfg, args.data)
     print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
@@ -218,6 +233,7 @@ def run_tune(args: argparse.Namespace) -> None:
     space = parse_space(args.space, cfg)
     check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"a trial with {cfg.workers} workers")
     task = get_task(args.task)
+    check_user_data(task, args.data, cfg)
     init_ray_for(args)
     result = sweep(task, cfg, args.data, space, name=cfg.name or "sweep", samples=args.samples,
                    max_concurrent=args.max_concurrent, asha=args.asha, grace_period=args.grace_period)

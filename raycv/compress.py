@@ -191,7 +191,8 @@ def finetune(task: Task, model: nn.Module, data: CompressData, cfg: TrainConfig,
         for _ in range(epochs):
             for batch in data.train_batches(cfg.batch_size, generator, steps_per_epoch):
                 batch = {key: value.to(device) for key, value in batch.items()}
-                loss = train_step(task, model, batch, cfg, optimizer, scheduler, scaler, amp_dtype)
+                loss = train_step(task, model, batch, cfg, optimizer, scheduler, scaler, amp_dtype,
+                                  device_augment=not task.augments_rows(data.meta))
                 progress.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
                 progress.update(1)
     model.eval()

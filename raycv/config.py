@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "on", "off")
 CRITERIA = ("l1", "bn")  # channel-importance criteria of compress's channel pruning
 
 
@@ -44,7 +45,11 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing for classification losses")
     augment: bool = option(True, "batched augmentation on the training device")
     sparsity: float = option(0.0, "global magnitude sparsity kept through training (0 = dense); see raycv/sparsity.py")
-    init_checkpoint: str = option("", "start from these weights, e.g. a dense model to sparsify and fine-tune")
+    pretrained: str = option("", "start from these weights: a raycv checkpoint (e.g. a dense model to sparsify and "
+                                 "fine-tune) or a local state_dict file such as torchvision's .pth; a classifier head "
+                                 "of another class count is replaced. Nothing is downloaded")
+    freeze_backbone_epochs: int = option(0, "train only the head for this many epochs first (fine-tuning)")
+    backbone_lr_scale: float = option(1.0, "the backbone's learning rate as a share of --lr (fine-tuning: e.g. 0.1)")
     # execution
     workers: int = option(1, "Ray Train workers (DDP processes)")
     gpu: bool = option(False, "train on GPUs (gpus_per_worker each)")
@@ -57,7 +62,8 @@ class TrainConfig:
                                         "networks and costs others, so tasks opt in), on, off")
     compile: bool = option(False, "torch.compile the model")
     seed: int = option(0, "random seed (per worker: seed + rank)")
-    cache_data: bool = option(True, "decode the dataset once into Ray's object store; off for data larger than memory")
+    cache_data: str = option("auto", "decode the dataset once into Ray's object store (on), or stream it from storage "
+                                     "and decode every epoch (off); auto caches what fits in a third of the store")
     # bookkeeping
     storage: str = option("runs", "where runs go: a folder or a URI (s3://, gs://); runs land in STORAGE/TASK/NAME")
     name: str = option("", "run name (default train, train2, ...); an existing name resumes that run")
@@ -91,6 +97,10 @@ class TrainConfig:
              f"one of {', '.join(CHANNELS_LAST_MODES)}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1"),
             (self.max_failures >= -1, "max_failures", self.max_failures, "-1 (retry forever) or >= 0"),
+            (self.cache_data in CACHE_MODES, "cache_data", self.cache_data, f"one of {', '.join(CACHE_MODES)}"),
+            (self.freeze_backbone_epochs >= 0, "freeze_backbone_epochs", self.freeze_backbone_epochs,
+             "an integer >= 0"),
+            (self.backbone_lr_scale >= 0, "backbone_lr_scale", self.backbone_lr_scale, "a number >= 0"),
             (0 <= self.sparsity < 1, "sparsity", self.sparsity, "a fraction in (0, 1), e.g. 0.7 (0 = dense)"),
         ]
         for ok, key, value, expected in checks:
@@ -111,6 +121,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        values = dict(values)
+        # Configs recorded by earlier versions: a boolean cache_data and init_checkpoint for pretrained.
+        if isinstance(values.get("cache_data"), bool):
+            values["cache_data"] = "on" if values["cache_data"] else "off"
+        if "init_checkpoint" in values:
+            values.setdefault("pretrained", values.pop("init_checkpoint"))
         return cls(**{k: v for k, v in values.items() if k in known})
 
 

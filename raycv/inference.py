@@ -21,7 +21,7 @@ def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: in
                         task_name: str | None = None) -> dict[str, float]:
     device = default_device()
     loaded = checkpoint.load_model(path, task_name, device)
-    splits, meta = open_dataset(loaded.task, data)
+    splits, meta = open_dataset(loaded.task, data, loaded.config)
     if split not in splits:
         raise RaycvError(f"dataset {data} has no split {split!r}; splits: {', '.join(splits)}")
     if meta.get("classes") is not None and meta["classes"] != loaded.dataset_meta.get("classes"):
@@ -31,7 +31,7 @@ def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: in
     with torch.no_grad():  # fp32, as validation during training: metrics under autocast are wrong (train.py)
         metrics = loaded.task.evaluate(loaded.model, decoded.iter_torch_batches(batch_size=batch_size, device=device),
                                        loaded.dataset_meta)
-    return {**metrics, "samples": decoded.count()}
+    return {**metrics, "samples": splits[split].count()}
 
 
 def read_image_files(paths: list[str], mode: str = "RGB") -> list[np.ndarray]:

@@ -103,6 +103,16 @@ def list_dir(path: str) -> list[str]:
         return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(inner)))
 
 
+def list_files(path: str) -> list[str]:
+    """The files under the folder `path` at any depth, as sorted paths relative to it. One listing: on object
+    stores, walking folder by folder with list_dir and is_dir would cost a request per entry."""
+    fs, inner = resolve(path)
+    with reaching(path):
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    prefix = inner.rstrip("/") + "/"
+    return sorted(info.path[len(prefix):] for info in infos if info.type == pafs.FileType.File)
+
+
 def read_bytes(path: str) -> bytes:
     fs, inner = resolve(path)
     with reaching(path), fs.open_input_stream(inner) as stream:

@@ -20,6 +20,7 @@ import ray.data
 
 import raycv
 from raycv import storage
+from raycv.config import TrainConfig
 from raycv.errors import RaycvError
 from raycv.runtime import keep_array_memory_in_heap
 from raycv.tasks import get_task
@@ -131,15 +132,17 @@ def synthesize(task: Task, out: str, splits: dict[str, int], seed: int = 0, para
     return manifest
 
 
-def open_dataset(task: Task, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+def open_dataset(task: Task, path: str, cfg: TrainConfig | None = None) -> tuple[dict[str, ray.data.Dataset],
+                                                                                 dict[str, Any]]:
     """Splits (stored rows, not yet decoded) and the dataset meta, from a raycv-synthesized folder
-    (recognised by its manifest) or from real data in one of the task's formats."""
+    (recognised by its manifest) or from real data in one of the task's formats, read with the options
+    of `cfg` (a run's config; the task's defaults without one)."""
     path = storage.absolute(path)
     if not storage.exists(path):
         raise RaycvError(f"dataset not found: {path} (make one with `raycv {task.name} synth --out {path}`)")
     manifest_path = storage.join(path, MANIFEST)
     if not storage.exists(manifest_path):
-        return task.read(path)
+        return task.read(path, cfg or task.default_config())
     manifest = storage.read_json(manifest_path)
     if manifest.get("task") != task.name:
         raise RaycvError(f"dataset {path} was made for task {manifest.get('task')!r}, not {task.name!r}")

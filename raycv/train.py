@@ -19,6 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.data.dataset import MaterializedDataset
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from raycv import checkpoint, storage
@@ -60,14 +61,25 @@ def default_run_name(task: Task, cfg: TrainConfig) -> str:
 
 
 def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-    splits, meta = open_dataset(task, data)
+    """The train and val splits decoded for training, and the run's dataset meta (with "rows", the split
+    sizes). Training rows a task augments on the CPU workers are decoded afresh every epoch; caching then
+    keeps only the stored (encoded) rows in the object store."""
+    splits, meta = open_dataset(task, data, cfg)
     missing = {"train", "val"} - set(splits)
     if missing:
         raise RaycvError(f"dataset {data} has no {' or '.join(sorted(missing))} split (found: {', '.join(splits)})")
-    decoded = {name: splits[name].map_batches(task.decode, fn_kwargs={"meta": meta}, batch_size=256)
-               for name in ("train", "val")}
-    if cfg.cache_data:
-        decoded = {name: dataset.materialize() for name, dataset in decoded.items()}
+    meta = task.training_meta(meta, cfg)
+    rows = {name: splits[name].count() for name in ("train", "val")}
+    meta = {**meta, "rows": rows}
+    augments_rows = task.augments_rows(meta)
+    cache = should_cache(cfg.cache_data, meta)
+    decoded = {}
+    for name in ("train", "val"):
+        decode = task.decode_train if name == "train" and augments_rows else task.decode
+        stored = splits[name].materialize() if cache and decode is task.decode_train else splits[name]
+        decoded[name] = stored.map_batches(decode, fn_kwargs={"meta": meta}, batch_size=256)
+        if cache and decode is task.decode:
+            decoded[name] = decoded[name].materialize()
     for dataset in decoded.values():
         # Per-epoch ingest bars from every worker would drown the epoch lines; rank 0 shows its own. For the
         # same reason Ray Data's two "Starting execution" lines per dataset and epoch show only with --verbose.
@@ -76,17 +88,63 @@ def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str,
     return decoded, meta
 
 
+def decoded_bytes(meta: dict[str, Any]) -> int | None:
+    """The decoded size of a dataset's images (uint8 RGB at the training size), or None when the meta
+    gives no image size."""
+    if "image_size" not in meta:
+        return None
+    height, width = meta["image_size"]
+    return sum(meta["rows"].values()) * height * width * 3
+
+
+def should_cache(mode: str, meta: dict[str, Any]) -> bool:
+    """--cache-data on/off, or auto: cache what fits in a third of the object store (the rest is left
+    to the blocks in flight and to Ray Train), so a dataset larger than memory streams."""
+    if mode != "auto":
+        return mode == "on"
+    size = decoded_bytes(meta)
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return size is None or size <= store / 3
+
+
+def check_model_options(task: Task, cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """Fail here, in the driver, on a bad model name or option, or weights that do not fit the model,
+    rather than in every worker."""
+    model = task.build_model(cfg, meta)
+    head = task.head(model, meta)
+    if head is None and (cfg.freeze_backbone_epochs or cfg.backbone_lr_scale != 1):
+        raise RaycvError(f"--freeze-backbone-epochs and --backbone-lr-scale need a model with a classifier head; "
+                         f"{task.name}'s {cfg.model} has none")
+    if cfg.pretrained:
+        checkpoint.load_pretrained(model, checkpoint.read_pretrained(cfg.pretrained), head, cfg.pretrained)
+
+
+def check_ingest_cpus(cfg: TrainConfig, train: ray.data.Dataset) -> None:
+    """Training rows decoded while training runs (streamed, or augmented every epoch) need Ray Data tasks,
+    each of which asks for a CPU. On a local Ray whose CPUs the trainers reserve all of, none would ever be
+    scheduled and the run would wait forever; refuse it instead. A cluster (RAY_ADDRESS) may add nodes."""
+    if isinstance(train, MaterializedDataset) or os.environ.get("RAY_ADDRESS"):
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    reserved = cfg.workers * cfg.cpus_per_worker
+    if total - reserved < 1:
+        raise RaycvError(f"{cfg.workers} workers x {cfg.cpus_per_worker:g} CPUs reserve {reserved:g} of this Ray's "
+                         f"{total:g} CPUs, leaving none to decode the streamed training data; lower --workers or "
+                         "--cpus-per-worker (e.g. --cpus-per-worker 0.5), or decode once with --cache-data on")
+
+
 def build_trainer(task: Task, cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], meta: dict[str, Any],
                   storage_path: str | None = None, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer running `train_loop` on prepared datasets; the run lands in storage_path/cfg.name
     (default: STORAGE/TASK/NAME)."""
     cfg = with_task_options(task, cfg.validate())
-    task.build_model(cfg, meta)  # fail here, in the driver, on a bad model name or option
-    rows_per_worker = datasets["train"].count() // cfg.workers
+    check_model_options(task, cfg, meta)
+    rows_per_worker = meta["rows"]["train"] // cfg.workers
     steps_per_epoch = rows_per_worker // cfg.batch_size
     if steps_per_epoch < 1:
         raise RaycvError(f"batch_size={cfg.batch_size} is larger than the {rows_per_worker} training rows each of "
                          f"the {cfg.workers} workers gets; lower --batch-size or --workers")
+    check_ingest_cpus(cfg, datasets["train"])
     storage_path = storage_path or storage.join(storage.absolute(cfg.storage), task.name)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpu else {})}
     return ray.train.torch.TorchTrainer(
@@ -145,25 +203,51 @@ def build_on_device(task: Task, cfg: TrainConfig, meta: dict[str, Any], device: 
 
 def train_step(task: Task, model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig,
                optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """One optimisation step; shared by the Ray Train loop and the bare-PyTorch benchmark baseline."""
-    if cfg.augment:
+               amp_dtype: torch.dtype | None, device_augment: bool = True,
+               frozen: list[torch.nn.Parameter] | None = None) -> torch.Tensor:
+    """One optimisation step; shared by the Ray Train loop and the bare-PyTorch benchmark baseline.
+    `device_augment` is False when the rows arrive augmented (Task.augments_rows); `frozen` parameters
+    get no update this step (the backbone while --freeze-backbone-epochs lasts)."""
+    if cfg.augment and device_augment:
         batch = task.augment(batch, cfg)
     with autocast_context(batch[next(iter(batch))].device, amp_dtype):
         loss = task.loss(model, batch, cfg)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    # Freezing by dropping gradients after DDP has reduced them, not by requires_grad: DDP registers its
+    # parameters once and fails on a step where some get no gradient. Optimizers skip a parameter whose
+    # grad is None entirely (no momentum, no weight decay), so a frozen layer stays exactly as it was.
+    for parameter in frozen or ():
+        parameter.grad = None
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
     return loss.detach()
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    # Weight decay on weights only: decaying BatchNorm scales and biases just fights normalisation.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def split_backbone(model: torch.nn.Module, head: str | None) -> tuple[list, list]:
+    """(backbone parameters, head parameters) of the raw model; all backbone when there is no head."""
+    backbone, head_params = [], []
+    for name, parameter in model.named_parameters():
+        (head_params if head is not None and name.startswith(f"{head}.") else backbone).append(parameter)
+    return backbone, head_params
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int,
+                    backbone: list[torch.nn.Parameter] | None = None):
+    """The optimizer and its schedule. The `backbone` parameters (default: all) learn at
+    cfg.backbone_lr_scale x the learning rate, the others (a head) at the full rate."""
+    backbone_ids = {id(p) for p in (model.parameters() if backbone is None else backbone)}
+    groups = []
+    for in_backbone in (True, False):
+        scale = cfg.backbone_lr_scale if in_backbone else 1.0
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in backbone_ids) == in_backbone]
+        # Weight decay on weights only: decaying BatchNorm scales and biases just fights normalisation.
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
+                               "lr": cfg.lr * scale})
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
@@ -171,7 +255,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: i
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_fraction)
+            optimizer, max_lr=[group["lr"] for group in groups], total_steps=total_steps,
+            pct_start=cfg.warmup_fraction)
     elif cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     else:
@@ -219,6 +304,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed + rank)
 
     model = build_on_device(task, cfg, dataset_meta, device)
+    head = task.head(model, dataset_meta)
     start_epoch, history, resumed_at, train_state = 0, [], [], None
     restored = ray.train.get_checkpoint()
     if restored:
@@ -234,14 +320,16 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             logger.info(f"[raycv] resuming {task.name} run at epoch {start_epoch + 1} of {cfg.epochs}")
     else:
-        if cfg.init_checkpoint:
-            model.load_state_dict(checkpoint.load_weights(cfg.init_checkpoint))
+        if cfg.pretrained:
+            checkpoint.load_pretrained(model, checkpoint.read_pretrained(cfg.pretrained), head, cfg.pretrained)
         apply_global_sparsity(model, cfg.sparsity)
     if cfg.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw_model = model
+    backbone, _ = split_backbone(raw_model, head)
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=task.ddp_options or None)
-    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch)
+    optimizer, scheduler = build_optimizer(model, cfg, steps_per_epoch, backbone)
+    device_augment = not task.augments_rows(dataset_meta)
     amp_dtype = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if train_state is not None:
@@ -278,7 +366,9 @@ def train_loop(config: dict[str, Any]) -> None:
         for batch in batches:
             if steps_done >= steps_per_epoch:  # equal step counts on every worker keep DDP in lockstep
                 break
-            loss_sum += train_step(task, forward_model, batch, cfg, optimizer, scheduler, scaler, amp_dtype).float()
+            frozen = backbone if epoch <= cfg.freeze_backbone_epochs else None
+            loss_sum += train_step(task, forward_model, batch, cfg, optimizer, scheduler, scaler, amp_dtype,
+                                   device_augment, frozen).float()
             seen += len(next(iter(batch.values())))
             steps_done += 1
             if progress is not None:
@@ -299,6 +389,8 @@ def train_loop(config: dict[str, Any]) -> None:
                   "epoch_seconds": time.perf_counter() - started, "workers": world}
         if cfg.sparsity:
             record["sparsity"] = measured_sparsity(raw_model)
+        if "skipped" in dataset_meta:  # unreadable files the reader left out
+            record["skipped_files"] = dataset_meta["skipped"]["count"]
         history.append(record)
         if writer is not None:
             for key, value in record.items():

@@ -68,6 +68,6 @@ def test_bad_parameters_and_real_data_are_refused(tmp_path):
     with pytest.raises(RaycvError, match="images_dir .* holds no images"):
         TASK.dataset_meta({**PARAMS, "images_dir": str(tmp_path)})
     with pytest.raises(RaycvError, match="raycv boxreg synth --out DIR --param images_dir="):
-        TASK.read(str(tmp_path))
+        TASK.read(str(tmp_path), TASK.default_config())
     with pytest.raises(RaycvError, match="unknown model 'vgg'"):
         TASK.build_model(TrainConfig(model="vgg"), {})

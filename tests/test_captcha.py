@@ -40,7 +40,7 @@ def test_svhn_folder_round_trip_and_its_bad_input_errors(ray_session, tmp_path):
         text.write_svhn_split(str(tmp_path / split), [
             (f"{i}.png", data, [text.svhn_box(40 * k, 5, 30, 50, char) for k, char in enumerate(label)])
             for i, (data, label) in enumerate(zip(batch["image"], batch["text"], strict=False))])
-    splits, meta = TASK.read(str(tmp_path))
+    splits, meta = TASK.read(str(tmp_path), TASK.default_config())
     assert meta["length"] == 4 and meta["image_size"] == META["image_size"]
     read_back = splits["val"].take_all()
     assert [row["text"] for row in read_back] == list(batch["text"])
@@ -54,7 +54,7 @@ def test_svhn_folder_round_trip_and_its_bad_input_errors(ray_session, tmp_path):
     def refused(record: dict, message: str) -> None:
         labels.write_text(json.dumps([good[0], record]))
         with pytest.raises(RaycvError, match=message):
-            TASK.read(str(tmp_path))
+            TASK.read(str(tmp_path), TASK.default_config())
 
     box = {"left": 0, "top": 0, "width": 10, "height": 10}
     refused({"filename": "1.png", "boxes": [{**box, "label": "a"}] * 4}, r"entry 1 \(1.png\).*'a' outside the alphabet")
@@ -100,4 +100,4 @@ def test_bad_parameters_are_refused():
     with pytest.raises(RaycvError, match="sample 1: label 'AB' has 2 characters, more than the 1 allowed"):
         text.encode_texts(["A", "AB"], text.CAPTCHA_ALPHABET, 1)
     with pytest.raises(RaycvError, match="nor an SVHN-style folder"):
-        TASK.read("/nonexistent-folder")
+        TASK.read("/nonexistent-folder", TASK.default_config())

@@ -152,7 +152,7 @@ def test_bad_input_is_named(tmp_path):
                     "categories": [{"id": 7, "name": "thing"}]}
         (coco / "annotations" / f"{split}.json").write_text(json.dumps(document))
     with pytest.raises(RaycvError, match=f"{os.path.join(coco, 'annotations', 'val.json')} names image 'missing.png'"):
-        TASK.read(str(coco))
+        TASK.read(str(coco), TASK.default_config())
 
     with pytest.raises(RaycvError, match="unknown model 'yolo'.*resnet18"):
         TASK.build_model(TASK.default_config().replace(model="yolo"), {"classes": ["a"], "image_size": [128, 128]})

@@ -81,6 +81,7 @@ def test_image_folder_tree(ray_session, tmp_path):
     task = get_task("classify")
     splits, meta = open_dataset(task, str(tmp_path / "tree"))
     assert meta["classes"] == ["cats", "dogs"]
+    meta = task.training_meta(meta, task.default_config())  # the book's network: 32 px
     train = task.decode(splits["train"].take_batch(100), meta)
     assert train["image"].shape == (6, 32, 32, 3)
     assert sorted(train["label"].tolist()) == [0, 0, 0, 1, 1, 1]
@@ -94,5 +95,5 @@ def test_image_folder_errors(ray_session, tmp_path):
     with pytest.raises(RaycvError, match="has no class subfolders"):
         open_dataset(task, str(tmp_path / "empty"))
     (tmp_path / "nosplit").mkdir()
-    with pytest.raises(RaycvError, match="has no train/ subfolder"):
+    with pytest.raises(RaycvError, match="nosplit has no class subfolders"):
         open_dataset(task, str(tmp_path / "nosplit"))

@@ -40,7 +40,7 @@ def test_model_name_check_and_no_real_data_error_are_the_base_classes():
     with pytest.raises(RaycvError, match=r"unknown model 'vgg99' for task superres; valid models: residual, espcn"):
         task.build_model(task.default_config().replace(model="vgg99"), {})
     with pytest.raises(RaycvError, match=r"/photos is not a raycv superres dataset .*images_dir=/photos"):
-        task.read("/photos")
+        task.read("/photos", task.default_config())
     # Optional hooks have their defaults: no serve state, no extra files, parameters as given.
     assert task.split_params("val", {"a": 1}, seed=0) == {"a": 1} and task.export_split("x", "val", {}) is None
     with pytest.raises(RaycvError, match="keeps no serve state"):

@@ -1,8 +1,8 @@
 """Readers of standard image-dataset formats, returning splits of stored rows as Ray Datasets.
 
-Rows have the same columns as raycv's synthesized data ("image" and "label"), so everything after
-reading is shared. Images are PNG/JPEG bytes (ImageFolder) or uint8 HWC arrays (CIFAR pickles, which
-store raw pixels; re-encoding them would only cost time).
+Rows have the same columns as raycv's synthesized data ("image" and "label"; ImageFolder adds "path"),
+so everything after reading is shared. Images are PNG/JPEG bytes (ImageFolder) or uint8 HWC arrays
+(CIFAR pickles, which store raw pixels; re-encoding them would only cost time).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 import ray.data
 
 from raycv import storage
+from raycv.data import photo_folders
 from raycv.errors import RaycvError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = photo_folders.PHOTO_EXTENSIONS
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 
@@ -103,41 +104,22 @@ def read_cifar10(path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]
 
 def read_image_folder(path: str, image_size: int = 32,
                       open_set: bool = False) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-    """torchvision's ImageFolder layout, one tree per split: PATH/train/<class>/*.png and
-    PATH/val/<class>/*.png (or test/). Class indices follow the sorted class-folder names of train.
-    With `open_set`, val may hold classes train lacks (identities never seen in training, on which
-    retrieval is measured): they are numbered after train's, and meta["val_classes"] names them."""
-    split_dirs = {"train": "train", "val": "val" if storage.exists(storage.join(path, "val")) else "test"}
-    for _, name in split_dirs.items():
-        if not storage.is_dir(storage.join(path, name)):
-            raise RaycvError(f"image folder {path} has no {name}/ subfolder (expected {path}/train/<class>/*.png "
+    """torchvision's ImageFolder layout, one tree per split: PATH/train/<class>/ and PATH/val/<class>/ (or
+    test/), photos at any depth; unreadable ones are skipped and counted (photo_folders). Class indices
+    follow the sorted class-folder names of train. With `open_set`, val may hold classes train lacks
+    (identities never seen in training, on which retrieval is measured): they are numbered after train's,
+    and meta["val_classes"] names them."""
+    path = storage.absolute(path)
+    files = photo_folders.image_folder_files(path) if storage.is_dir(storage.join(path, "train")) else {}
+    for split, folder in (("train", "train/"), ("val", "val/ or test/")):
+        if split not in files:
+            raise RaycvError(f"image folder {path} has no {folder} subfolder (expected {path}/train/<class>/*.png "
                              f"and {path}/val/<class>/*.png)")
-    classes = [c for c in storage.list_dir(storage.join(path, "train"))
-               if storage.is_dir(storage.join(path, "train", c))]
-    if not classes:
-        raise RaycvError(f"image folder {path}/train has no class subfolders")
-    class_index = {name: index for index, name in enumerate(classes)}
-    val_classes = []
-    splits = {}
-    for split, name in split_dirs.items():
-        files = []
-        for class_name in storage.list_dir(storage.join(path, name)):
-            if class_name not in class_index and open_set and storage.is_dir(storage.join(path, name, class_name)):
-                class_index[class_name] = len(class_index)
-                val_classes.append(class_name)
-            if class_name not in class_index:
-                raise RaycvError(f"class folder {path}/{name}/{class_name} is not among the train classes {classes}")
-            for file in storage.list_dir(storage.join(path, name, class_name)):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(storage.join(path, name, class_name, file))
-        if not files:
-            raise RaycvError(f"image folder {path}/{name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        splits[split] = ray.data.read_binary_files(files, include_paths=True).map_batches(
-            _label_from_parent_folder, fn_kwargs={"class_index": class_index}, batch_size=256)
-    meta = {"classes": classes, "image_size": [image_size, image_size], "source": path, "format": "imagefolder"}
+    classes = sorted({name for _, name in files["train"]})
+    val_classes = sorted({name for _, name in files["val"]} - set(classes))
+    if val_classes and not open_set:
+        raise RaycvError(f"val classes {val_classes} of image folder {path} are not among the train classes {classes}")
+    splits, report = photo_folders.read_labelled_photos(files, classes + val_classes)
+    meta = {"classes": classes, "image_size": [image_size, image_size], "source": path, "format": "imagefolder",
+            **report}
     return splits, {**meta, "val_classes": val_classes} if open_set else meta
-
-
-def _label_from_parent_folder(batch: dict[str, np.ndarray], class_index: dict[str, int]) -> dict[str, np.ndarray]:
-    labels = [class_index[str(path).rstrip("/").split("/")[-2]] for path in batch["path"]]
-    return {"image": batch["bytes"], "label": np.asarray(labels, dtype=np.int64)}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,8 @@ def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None) 
             raise ImageTooLarge(f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels} "
                                 "pixels", max_pixels)
         try:
-            return np.asarray(image.convert(mode))
+            # Upright as viewers show it: phones store portraits as landscape pixels plus an EXIF rotation.
+            return np.asarray(ImageOps.exif_transpose(image).convert(mode))
         except unreadable as error:  # a valid header over truncated or corrupt pixel data
             raise ValueError(f"not a readable image: a {image.width}x{image.height} {image.format} header over "
                              f"truncated or corrupt data ({error})") from None

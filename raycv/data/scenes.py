@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,9 @@ from raycv.data import procedural
 from raycv.data.formats import image_files
 from raycv.data.images import encode_png
 from raycv.errors import RaycvError
+
+if TYPE_CHECKING:
+    from raycv.config import TrainConfig
 
 # Silhouettes chosen to be told apart by outline alone, as in the book's sun/star/... cut-outs.
 _SCENE_OUTLINES: dict[str, tuple[procedural.Polygon, ...] | None] = {
@@ -303,7 +306,7 @@ class SceneData:
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         return composite_scene(rng, params)
 
-    def read(self, path: str):
+    def read(self, path: str, cfg: TrainConfig | None = None):
         from raycv.data import coco
 
         if not coco.is_coco(path):

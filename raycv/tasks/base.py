@@ -117,14 +117,39 @@ class Task(ABC):
         """Extra files for a split just written as Parquet (scene tasks write its COCO JSON)."""
         return None
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-        """Real data in the task's standard formats: splits of stored rows, and the dataset meta. Tasks
-        that learn from photographs without labels make their datasets with synth from a folder."""
+    def check_data(self, path: str, cfg: TrainConfig) -> None:
+        """Checks of a user's dataset at `path` cheap enough to run before Ray starts (listing files, not
+        reading them), raising a RaycvError that names the bad file or folder. Not called for raycv's own
+        (synthesized) datasets."""
+        return None
+
+    def read(self, path: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+        """Real data in the task's standard formats: splits of stored rows, and the dataset meta, read with
+        the run's options (a validation share, say). Tasks that learn from photographs without labels make
+        their datasets with synth from a folder."""
         raise RaycvError(f"{path} is not a raycv {self.name} dataset (no manifest.json); make one from a folder "
                          f"of photos with `raycv {self.name} synth --out DIR --param images_dir={path}`")
 
+    def training_meta(self, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+        """The dataset meta a run trains with and its checkpoints record, given the run's config (classify
+        sets the training resolution of users' photos here). It is what decode, preprocess and serving
+        read."""
+        return meta
+
     @abstractmethod
-    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]: ...
+    def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Stored rows to model-ready arrays, deterministically: for validation, evaluation and (when the
+        training rows are not augmented here, see `augments_rows`) training."""
+
+    def augments_rows(self, meta: dict[str, Any]) -> bool:
+        """Whether `decode_train` augments each row at random on Ray Data's CPU workers (real photos of any
+        size: random crops at full resolution, then resized). The training rows are then decoded afresh
+        every epoch, never cached, and the device-side `augment` is skipped."""
+        return False
+
+    def decode_train(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Stored rows to training arrays; by default as `decode`."""
+        return self.decode(batch, meta)
 
     # -- model -----------------------------------------------------------------------------------
 
@@ -139,6 +164,12 @@ class Task(ABC):
     def augment(self, batch: Batch, cfg: TrainConfig) -> Batch:
         """Training-time augmentation on the device, batched."""
         return batch
+
+    def head(self, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        """The qualified name of the output layer whose size follows the dataset (the classifier), or None.
+        --pretrained replaces it when the class count differs; --freeze-backbone-epochs and
+        --backbone-lr-scale treat every other parameter as the backbone."""
+        return None
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Batch, cfg: TrainConfig) -> torch.Tensor: ...

@@ -66,7 +66,7 @@ class CaptchaTask(Task):
         image = text.render_captcha(rng, label, int(params["width"]), int(params["height"]))
         return {"image": encode_png(image), "text": label}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+    def read(self, path: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         """An SVHN-style folder of captchas, all of one length (that of the first training image)."""
         splits = text.read_svhn_folder(path, text.CAPTCHA_ALPHABET)
         length = len(splits["train"][0]["text"])

@@ -10,6 +10,7 @@ Importing this module costs what raycv.config costs: no torch, no Ray.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +32,29 @@ class TaskCard:
     # The split sizes `raycv TASK synth` makes by default: those the default config is sized and
     # measured with.
     synth_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SYNTH_SIZES))
+    # Checks of task options' values, NAME -> (is_valid(value), what a valid value is), run with the others
+    # before anything starts.
+    option_checks: dict[str, tuple[Callable[[Any], bool], str]] = field(default_factory=dict)
+    # Whether --model also takes torchvision's classification architectures by name (raycv/models/zoo.py).
+    zoo_models: bool = False
 
     def check_model(self, model: str) -> None:
-        if model not in self.model_names:
+        if model in self.model_names:
+            return
+        if not self.zoo_models:
             raise RaycvError(f"unknown model {model!r} for task {self.name}; "
                              f"valid models: {', '.join(self.model_names)}")
+        from raycv.models.zoo import closest_names, zoo_model_names, zoo_name  # torchvision: only when needed
+
+        if zoo_name(model, self.model_names) is None:
+            close = closest_names(model, list(self.model_names) + zoo_model_names())
+            raise RaycvError(f"unknown model {model!r} for task {self.name}; closest: {', '.join(close) or 'none'} "
+                             f"(`raycv {self.name} models` lists all)")
+
+    def check_options(self, extra: dict[str, Any]) -> None:
+        for name, (is_valid, expected) in self.option_checks.items():
+            if name in extra and not is_valid(extra[name]):
+                raise RaycvError(f"invalid {name}={extra[name]!r}: expected {expected}")
 
     def default_config(self) -> TrainConfig:
         """The default config with every task option's default in `extra`, so a run records how it was
@@ -64,9 +83,20 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
                     weight_decay=0.01, cpus_per_worker=2),
         ("crnn_lstm", "crnn_gru")),
     TaskCard(
-        "classify", "image classification (CIFAR-style networks)",
+        "classify", "image classification: the book's CIFAR networks and torchvision's model zoo",
         TrainConfig(model="vgg11_bn", epochs=30, batch_size=128, lr=0.1, label_smoothing=0.1),
-        ("vgg11_bn", "resnet18")),
+        ("vgg11_bn", "resnet18"),  # the book's 32-px CIFAR networks; torchvision's as torchvision.resnet18
+        train_options={
+            "image_size": ("auto", "training resolution, pixels a side (auto: the dataset's for the book's networks, "
+                                   "32 for photo folders; 224 for torchvision models)"),
+            "val_fraction": (0.1, "share of each class held out for validation when a photo folder has no val/"),
+        },
+        option_checks={
+            "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 8 <= int(value) <= 4096),
+                           "auto or a whole number of pixels from 8 to 4096"),
+            "val_fraction": (lambda value: 0 < value < 1, "a share in (0, 1), e.g. 0.1"),
+        },
+        zoo_models=True),
     TaskCard(
         "detect", "object detection: boxes and classes (anchor-free detector)",
         # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 10 minutes (the first

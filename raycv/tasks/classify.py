@@ -1,7 +1,12 @@
 """Image classification (textbook chapter 4; the network-compression chapter 10 starts from it).
 
 Data: raycv's procedural 10-class 32x32 shapes (offline stand-in for CIFAR-10), CIFAR-10 python
-pickle batches, or an ImageFolder tree. Models: the book's CIFAR VGG-11-BN and ResNet-18.
+pickle batches, or users' photos (ImageFolder trees, CSV or JSON-lines lists). Models: the book's
+CIFAR VGG-11-BN and ResNet-18 (32 px), and torchvision's classification zoo by name.
+
+Photos of any size are decoded and augmented on Ray Data's CPU workers every epoch (random resized
+crops from the full-resolution image, flips, TrivialAugmentWide); evaluation and serving resize the
+shorter side and keep the centre. The 32-px sets are decoded once and augmented on the device.
 """
 
 from __future__ import annotations
@@ -16,18 +21,23 @@ import torchmetrics
 from torch import nn
 
 from raycv.config import TrainConfig
-from raycv.data import augment, formats
+from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
+from raycv.data.photo_pipeline import eval_transform, train_transform, transform_photos
 from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
 from raycv.models.cifar import VGG, CifarResNet
 from raycv.models.common import Normalized
-from raycv.tasks.base import Task
+from raycv.models.zoo import (IMAGENET_MEAN, IMAGENET_STD, ZOO_IMAGE_SIZE, build_zoo_classifier, classifier_head,
+                              zoo_name)
+from raycv.tasks.base import Task, with_task_options
 from raycv.tasks.cards import CARDS
 
 MODELS = {
     "vgg11_bn": lambda num_classes, width: VGG(num_classes=num_classes, width=width),
     "resnet18": lambda num_classes, width: CifarResNet((2, 2, 2, 2), num_classes=num_classes, width=width),
 }
+PHOTO_FORMATS = ("imagefolder", "imagelist")  # encoded photos of any size, as users bring them
+BOOK_IMAGE_SIZE = 32  # the book's CIFAR networks' resolution
 
 
 class ClassifyTask(Task):
@@ -44,19 +54,47 @@ class ClassifyTask(Task):
         label = int(rng.integers(len(SHAPE_CLASSES)))
         return {"image": encode_png(render_shape_image(rng, label, int(params["image_size"]))), "label": label}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+    def check_data(self, path: str, cfg: TrainConfig) -> None:
+        if not formats.is_cifar10(path):
+            photo_folders.list_photo_files(path, with_task_options(self, cfg).extra["val_fraction"], seed=0)
+
+    def read(self, path: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         if formats.is_cifar10(path):
             return formats.read_cifar10(path)
-        return formats.read_image_folder(path)
+        # A fixed split seed, not the run's: tune trials and later evaluations must see the same split.
+        return photo_folders.read_photo_folder(path, with_task_options(self, cfg).extra["val_fraction"], seed=0)
+
+    def training_meta(self, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+        zoo = zoo_name(cfg.model, self.model_names)
+        default = ZOO_IMAGE_SIZE if zoo else meta.get("image_size", [BOOK_IMAGE_SIZE])[0]
+        size = default if cfg.extra.get("image_size", "auto") == "auto" else int(cfg.extra["image_size"])
+        return {**meta, "image_size": [size, size]}
+
+    def augments_rows(self, meta: dict[str, Any]) -> bool:
+        return meta.get("format") in PHOTO_FORMATS
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
-        # Raw-pixel formats (CIFAR) arrive as uint8 arrays, encoded ones (PNG/JPEG) as bytes.
+        if self.augments_rows(meta):
+            return photo_rows(batch, eval_transform(meta["image_size"][0]))
+        # Raw-pixel formats (CIFAR) arrive as uint8 arrays, encoded ones (PNG) as bytes.
         images = list(batch["image"]) if batch["image"].dtype == np.uint8 else [decode_image(b) for b in batch["image"]]
         return {"image": resize_all(images, tuple(meta["image_size"])),
                 "label": np.asarray(batch["label"], dtype=np.int64)}
 
+    def decode_train(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self.augments_rows(meta):
+            return photo_rows(batch, train_transform(meta["image_size"][0]))
+        return self.decode(batch, meta)
+
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        return Normalized(MODELS[cfg.model](len(meta["classes"]), cfg.width), CIFAR_MEAN, CIFAR_STD)
+        classes = len(meta["classes"])
+        zoo = zoo_name(cfg.model, self.model_names)
+        if zoo:  # --width does not apply: the zoo's architectures are as torchvision defines them
+            return Normalized(build_zoo_classifier(zoo, classes, meta["image_size"][0]), IMAGENET_MEAN, IMAGENET_STD)
+        return Normalized(MODELS[cfg.model](classes, cfg.width), CIFAR_MEAN, CIFAR_STD)
+
+    def head(self, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        return classifier_head(model, len(meta["classes"]))
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         images = augment.random_flip(augment.random_translate(to_model_input(batch["image"]), pad=4))
@@ -77,6 +115,13 @@ class ClassifyTask(Task):
             mean_loss.update(nn.functional.cross_entropy(logits, batch["label"]), weight=len(logits))
         return {"accuracy": float(accuracy.compute()), "loss": float(mean_loss.compute())}
 
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
+        if not self.augments_rows(meta):
+            return super().preprocess(images, meta)
+        transform = eval_transform(meta["image_size"][0])  # as validation saw its photos
+        return to_model_input(torch.stack([transform(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+                                           for image in images]).permute(0, 2, 3, 1))
+
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
                     top_k: int = 5) -> list[list[dict[str, Any]]]:
         probabilities = outputs.float().softmax(dim=1)
@@ -86,6 +131,28 @@ class ClassifyTask(Task):
         return [[{"class": meta["classes"][i], "index": i, "probability": round(p, 6)}
                  for p, i in zip(row_values, row_indices, strict=True)]
                 for row_values, row_indices in zip(values, indices, strict=True)]
+
+
+def model_table(num_classes: int = 1000) -> list[dict[str, Any]]:
+    """Every --model name with its parameter count at `num_classes` classes: the book's networks first."""
+    from raycv.models.zoo import ZOO_PREFIX, parameter_count, zoo_model_names
+
+    rows = [{"model": name, "source": f"book, CIFAR ({BOOK_IMAGE_SIZE} px)",
+             "parameters": parameter_count(lambda build=build: build(num_classes, 1.0))}
+            for name, build in MODELS.items()]
+    for name in zoo_model_names():
+        shown = f"{ZOO_PREFIX}{name}" if name in MODELS else name
+        rows.append({"model": shown, "source": f"torchvision ({ZOO_IMAGE_SIZE} px)",
+                     "parameters": parameter_count(lambda name=name: build_zoo_classifier(name, num_classes,
+                                                                                         ZOO_IMAGE_SIZE))})
+    return rows
+
+
+def photo_rows(batch: dict[str, np.ndarray], transform) -> dict[str, np.ndarray]:
+    """Encoded photos through `transform`; a file that cannot be read is dropped (the reader's scan
+    has already skipped and counted those it found)."""
+    images, readable = transform_photos(batch["image"], transform)
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)[readable]}
 
 
 def linear_baseline(splits: dict[str, ray.data.Dataset], meta: dict[str, Any], limit: int = 10_000) -> float:

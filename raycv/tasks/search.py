@@ -330,7 +330,7 @@ class SearchTask(Task):
         traits = identity_traits(int(params.get("identity_seed", 0)), identity)
         return {"image": encode_png(render_face(rng, traits, int(params["image_size"]))), "label": identity}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+    def read(self, path: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         size = int(self.synth_defaults["image_size"])
         splits, meta = formats.read_image_folder(path, image_size=size, open_set=True)
         names = meta["classes"] + meta["val_classes"]

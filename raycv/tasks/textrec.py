@@ -154,7 +154,7 @@ class TextRecognitionTask(Task):
         image, boxes = text.render_street_number(rng, label, STREET_HEIGHT)
         return {"image": encode_png(image), "text": label, "boxes": json.dumps(boxes)}
 
-    def read(self, path: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
+    def read(self, path: str, cfg: TrainConfig) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
         """An SVHN-style folder; labels over [0-9A-Z], as long as the longest one found."""
         splits = text.read_svhn_folder(path, text.CAPTCHA_ALPHABET)
         max_length = max(len(row["text"]) for rows in splits.values() for row in rows)

@@ -19,6 +19,7 @@ AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 
 TASK_VERB_MODULES = {
+    "classify": "raycv.verbs.classify",
     "captcha": "raycv.verbs.text",
     "textrec": "raycv.verbs.text",
     "segment": "raycv.verbs.segment",
