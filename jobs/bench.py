@@ -818,7 +818,7 @@ class GpuCheckInputs:
 
         self.dry, self.workdir = args.dry, workdir
         self.device = torch.device("cpu" if args.dry else "cuda")
-        self.steps = 6 if args.dry else 20
+        self.steps = 4 if args.dry else 20  # dry: enough for a falling loss; bf16 steps are slow on a CPU
         # Inductor is what --compile uses; on a CPU it generates and builds C++ instead of Triton kernels, minutes
         # on 2 cores. The dry run stops one stage short: Dynamo's capture and AOTAutograd's forward and backward
         # graphs run eagerly, everything before the device's code generation.
@@ -826,7 +826,7 @@ class GpuCheckInputs:
         # Dry: the small VGG the test suite trains. On a GPU: the book's VGG-11-BN at a GPU's batch size. AdamW at
         # a constant rate, no augmentation: a fixed batch's loss must fall within a few steps.
         self.classify_cfg = get_task("classify").default_config().replace(
-            width=0.25 if args.dry else 1.0, batch_size=32 if args.dry else 256, optimizer="adamw", lr=1e-3,
+            width=0.25 if args.dry else 1.0, batch_size=16 if args.dry else 256, optimizer="adamw", lr=1e-3,
             weight_decay=0.05, schedule="constant", label_smoothing=0.0, augment=False, gpu=not args.dry,
             cpus_per_worker=1, storage=f"{workdir}/runs")
         self.batches: dict[str, tuple[dict, dict]] = {}
@@ -842,7 +842,7 @@ class GpuCheckInputs:
         return path
 
     def classify_data(self) -> str:
-        return self.dataset("classify", {"train": 256, "val": 64} if self.dry else {"train": 4096, "val": 512})
+        return self.dataset("classify", {"train": 128, "val": 32} if self.dry else {"train": 4096, "val": 512})
 
     def fixed_batch(self, task_name: str, cfg, data: str) -> tuple[dict, dict]:
         """One training batch of `data` in device memory, and the dataset's meta."""
@@ -933,7 +933,7 @@ def check_ddp(inputs: GpuCheckInputs) -> tuple[bool, dict]:
 
     nccl = not inputs.dry and torch.cuda.device_count() >= 2
     cfg = inputs.classify_cfg.replace(epochs=1, workers=2, augment=True, amp="auto", name="check-ddp", gpu=nccl,
-                                      sync_bn=nccl, **({} if nccl else {"width": 0.25, "batch_size": 32}))
+                                      sync_bn=nccl, **({} if nccl else {"width": 0.25, "batch_size": 16}))
     last = fit(get_task("classify"), cfg, inputs.classify_data()).history[-1]
     return last["workers"] == 2 and math.isfinite(last["train_loss"]), {
         "backend": "nccl, SyncBatchNorm, 1 GPU each" if nccl else "gloo, CPU workers", "workers": last["workers"],
