@@ -75,10 +75,11 @@ def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str,
     cache = should_cache(cfg.cache_data, meta)
     decoded = {}
     for name in ("train", "val"):
-        decode = task.decode_train if name == "train" and augments_rows else task.decode
-        stored = splits[name].materialize() if cache and decode is task.decode_train else splits[name]
+        random_rows = name == "train" and augments_rows  # decoded afresh every epoch: cache the stored rows
+        decode = task.decode_train if random_rows else task.decode
+        stored = splits[name].materialize() if cache and random_rows else splits[name]
         decoded[name] = stored.map_batches(decode, fn_kwargs={"meta": meta}, batch_size=256)
-        if cache and decode is task.decode:
+        if cache and not random_rows:
             decoded[name] = decoded[name].materialize()
     for dataset in decoded.values():
         # Per-epoch ingest bars from every worker would drown the epoch lines; rank 0 shows its own. For the
