@@ -60,7 +60,7 @@ def test_missing_dataset_path(ray_session, capsys, tmp_path):
 def test_unknown_model_name(ray_session, capsys, classify_data, tmp_path):
     code, _, err = run_cli(capsys, "classify", "train", "--data", classify_data, "--model", "vgg99",
                            "--storage", str(tmp_path))
-    assert_one_line_error(code, err, "'vgg99'", "vgg11_bn", "resnet18")
+    assert_one_line_error(code, err, "'vgg99'", "closest: vgg19", "raycv classify models")
 
 
 def test_corrupt_cifar_batch(ray_session, capsys, tmp_path):
