@@ -73,7 +73,8 @@ def photo_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zoo_run(ray_session, photo_folder, workdir):
-    """torchvision's ResNet-18, 2 DDP workers, 64 px, on a folder that holds every odd kind of file. (Not a
+    """torchvision's ResNet-18, 2 DDP workers, 64 px, class-weighted loss and flip test-time augmentation, on
+    a folder that holds every odd kind of file. (Not a
     MobileNetV3: its BatchNorm momentum of 0.01 leaves the running statistics near their initial values after
     a few dozen steps, so it evaluates at chance however well it trains.)"""
     from raycv.tasks import get_task
@@ -82,7 +83,8 @@ def zoo_run(ray_session, photo_folder, workdir):
     task = get_task("classify")
     cfg = task.default_config().replace(
         model="torchvision.resnet18", epochs=3, workers=2, cpus_per_worker=0.5, batch_size=8, optimizer="adamw",
-        lr=2e-3, weight_decay=0.01, storage=str(workdir / "runs"), name="zoo", extra={"image_size": "64"})
+        lr=2e-3, weight_decay=0.01, storage=str(workdir / "runs"), name="zoo",
+        extra={"image_size": "64", "class_weighting": "balanced", "tta": "flip"})
     return fit(task, cfg, photo_folder)
 
 
@@ -175,6 +177,7 @@ def run_cli(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
     ("unknown_model", "closest: resnet50"),
     ("image_size_0", "invalid image_size='0'"),
     ("pretrained_not_state_dict", "is not a state_dict"),
+    ("unknown_mix", "invalid mix='blend'"),
 ])
 def test_bad_input_is_one_line_before_ray_starts(case, expected, tmp_path):
     root = tmp_path / "photos"
@@ -198,6 +201,8 @@ def test_bad_input_is_one_line_before_ray_starts(case, expected, tmp_path):
     elif case == "pretrained_not_state_dict":
         (tmp_path / "notes.pth").write_text("not weights")
         args += ["--pretrained", str(tmp_path / "notes.pth")]
+    elif case == "unknown_mix":
+        args += ["--mix", "blend"]
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -242,3 +247,89 @@ def test_saved_checkpoint_of_a_zoo_model_rebuilds(tmp_path):
     loaded = load_model(saved_checkpoint(task, cfg, meta, str(tmp_path / "ckpt")), "classify")
     assert type(loaded.model.net).__name__ == "ResNet" and loaded.model.net.fc.out_features == 3
     assert loaded.dataset_meta["image_size"] == [48, 48]
+
+
+def encoded_photos(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    encoded, labels = [], []
+    for index in range(count):
+        buffer = io.BytesIO()
+        photo(rng, list(COLOURS.values())[index % 3], (72, 96)).save(buffer, format="JPEG")
+        encoded.append(buffer.getvalue())
+        labels.append(index % 3)
+    return np.array(encoded, dtype=object), np.array(labels, dtype=np.int64)
+
+
+@pytest.mark.parametrize("mix", ["cutmix", "mixup", "cutmix_or_mixup"])
+def test_mixing_and_class_weights_happen_in_the_training_decode(mix):
+    from raycv.tasks import get_task
+
+    task = get_task("classify")
+    cfg = task.default_config().replace(model="torchvision.resnet18", extra={
+        "image_size": "32", "mix": mix, "class_weighting": "balanced"})
+    meta = task.training_meta({"classes": list(COLOURS), "format": "imagefolder",
+                               "class_counts": {"train": [30, 10, 20], "val": [3, 1, 2]}}, cfg)
+    assert meta["class_weights"] == pytest.approx([60 / 90, 2.0, 1.0])
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    encoded, labels = encoded_photos(12, seed=4)
+    rows = task.decode_train({"image": encoded, "label": labels}, meta)
+    assert rows["image"].shape == (12, 32, 32, 3) and rows["image"].dtype == np.uint8
+    soft = rows["label"]
+    assert soft.shape == (12, 3) and soft.dtype == np.float32
+    assert np.allclose(soft.sum(axis=1), 1)
+    assert ((soft > 0).sum(axis=1) == 2).any()  # at least one image is a blend of two classes
+    assert np.allclose(rows["weight"], soft @ np.array(meta["class_weights"], dtype=np.float32))
+    # validation rows stay plain: class indices, no weights
+    plain = task.decode({"image": encoded, "label": labels}, meta)
+    assert plain["label"].tolist() == labels.tolist() and "weight" not in plain
+
+
+def test_weighted_loss_is_cross_entropy_with_class_weights_and_takes_soft_labels():
+    import torch
+
+    from raycv.tasks import get_task
+
+    task = get_task("classify")
+    cfg = task.default_config().replace(label_smoothing=0.0)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 3, 3))
+    images = torch.randint(0, 256, (6, 4, 4, 3), dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    weights = torch.tensor([0.5, 3.0, 1.5])
+    with torch.no_grad():
+        logits = model(images.permute(0, 3, 1, 2).float() / 255)
+        weighted = task.loss(model, {"image": images, "label": labels, "weight": weights[labels]}, cfg)
+        soft = task.loss(model, {"image": images, "label": torch.nn.functional.one_hot(labels, 3).float()}, cfg)
+    assert float(weighted) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels, weight=weights)),
+                                            rel=1e-5)
+    assert float(soft) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5)
+
+
+def test_flip_tta_averages_an_image_and_its_mirror_in_eval_only():
+    import torch
+
+    from raycv.models.common import FlipAveraged, Normalized
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    plain = Normalized(net, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    averaged = FlipAveraged(net, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    x = torch.rand(2, 3, 8, 8)
+    plain(x)  # materialise the lazy layer
+    assert averaged.state_dict().keys() == plain.state_dict().keys()
+    assert torch.equal(averaged.train()(x), plain.train()(x))
+    plain.eval(), averaged.eval()
+    expected = (plain(x) + plain(x.flip(-1))) / 2
+    assert torch.allclose(averaged(x), expected, atol=1e-6)
+    assert not torch.allclose(averaged(x), plain(x), atol=1e-3)  # the mirror really changes the answer
+
+
+def test_mix_and_class_weighting_refuse_sets_augmented_on_the_device():
+    from raycv.errors import RaycvError
+    from raycv.tasks import get_task
+
+    task = get_task("classify")
+    cfg = task.default_config().replace(extra={"mix": "cutmix"})
+    with pytest.raises(RaycvError, match=r"--mix cutmix: only photo folders and lists.*this cifar10 set"):
+        task.training_meta({"classes": list("abc"), "format": "cifar10", "image_size": [32, 32]}, cfg)

@@ -224,7 +224,8 @@ def read_labelled_photos(files: SplitFiles,
                          classes: list[str]) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
     """Each split of (file, class name) pairs as rows of "image" (the file's bytes, decoded later, on the
     training workers), "label" (the class's index in `classes`, int64) and "path", without the files that no
-    decoder reads; and what was read: {"files": {split: rows}, "skipped": {"count", "examples"}}."""
+    decoder reads; and what was read: {"files": {split: rows}, "class_counts": {split: [rows per class]},
+    "skipped": {"count", "examples"}}."""
     import ray.data
 
     everything = sorted({file for pairs in files.values() for file, _ in pairs})
@@ -236,16 +237,18 @@ def read_labelled_photos(files: SplitFiles,
             "skipping %d unreadable photo(s): %s%s", len(skipped), ", ".join(skipped[:SKIPPED_EXAMPLES]),
             ", ..." if len(skipped) > SKIPPED_EXAMPLES else "")
     index = {name: position for position, name in enumerate(classes)}
-    splits, counts = {}, {}
+    splits, counts, class_counts = {}, {}, {}
     for split, pairs in files.items():
         kept = [(file, name) for file, name in pairs if reported[file] not in unreadable]
         if not kept:
             raise RaycvError(f"none of the {len(pairs)} {split} photos is readable, e.g. {pairs[0][0]}")
+        class_counts[split] = [sum(name == wanted for _, name in kept) for wanted in classes]
         labels = {reported[file]: index[name] for file, name in kept}
         splits[split] = ray.data.read_binary_files([file for file, _ in kept], include_paths=True).map_batches(
             _labelled_rows, fn_kwargs={"labels": labels}, batch_size=256)
         counts[split] = len(kept)
-    return splits, {"files": counts, "skipped": {"count": len(skipped), "examples": skipped[:SKIPPED_EXAMPLES]}}
+    return splits, {"files": counts, "class_counts": class_counts,
+                    "skipped": {"count": len(skipped), "examples": skipped[:SKIPPED_EXAMPLES]}}
 
 
 def _as_ray_reports(files: list[str]) -> list[str]:

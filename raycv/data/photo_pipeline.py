@@ -79,3 +79,19 @@ def transform_photos(encoded: list[bytes] | np.ndarray, transform: Transform) ->
         images.append(transform(chw).permute(1, 2, 0).numpy())
         readable[index] = True
     return (np.stack(images) if images else np.zeros((0, 0, 0, 3), dtype=np.uint8)), readable
+
+
+MIXES = {"cutmix": lambda classes: v2.CutMix(num_classes=classes),
+         "mixup": lambda classes: v2.MixUp(num_classes=classes),
+         "cutmix_or_mixup": lambda classes: v2.RandomChoice([v2.CutMix(num_classes=classes),
+                                                            v2.MixUp(num_classes=classes)])}
+
+
+def mix_batch(images: np.ndarray, labels: np.ndarray, num_classes: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """CutMix and/or MixUp (transforms.v2, which pair each image with its neighbour in the batch) of a
+    uint8 NHWC batch: (the mixed uint8 images, float32 soft labels of shape (N, num_classes)). The pixels
+    are mixed in float and rounded back, so batches stay uint8 on their way to the trainers."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    mixed, soft = MIXES[mode](num_classes)(pixels, torch.from_numpy(labels))
+    return (mixed.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(),
+            soft.to(torch.float32).numpy())

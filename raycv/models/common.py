@@ -19,6 +19,18 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std, *args)
 
 
+class FlipAveraged(Normalized):
+    """A classifier with flip test-time augmentation: in eval mode its logits are the mean of the image's and
+    its mirror's; in training mode it is the plain network. Its state_dict is Normalized's, so weights move
+    freely between the two."""
+
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x, *args)
+        if self.training:
+            return logits
+        return (logits + super().forward(x.flip(-1), *args)) / 2
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -90,11 +90,20 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
             "image_size": ("auto", "training resolution, pixels a side (auto: the dataset's for the book's networks, "
                                    "32 for photo folders; 224 for torchvision models)"),
             "val_fraction": (0.1, "share of each class held out for validation when a photo folder has no val/"),
+            "mix": ("off", "photos: CutMix or MixUp of each training batch on the CPU workers (off, cutmix, mixup, "
+                           "or cutmix_or_mixup: one of the two per batch)"),
+            "class_weighting": ("off", "photos: 'balanced' weighs each class's loss by the inverse of its share of "
+                                       "the train split, for imbalanced folders"),
+            "tta": ("off", "'flip': eval, predict and serve average the logits of each image and its mirror"),
         },
         option_checks={
             "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 8 <= int(value) <= 4096),
                            "auto or a whole number of pixels from 8 to 4096"),
             "val_fraction": (lambda value: 0 < value < 1, "a share in (0, 1), e.g. 0.1"),
+            "mix": (lambda value: value in ("off", "cutmix", "mixup", "cutmix_or_mixup"),
+                    "off, cutmix, mixup or cutmix_or_mixup"),
+            "class_weighting": (lambda value: value in ("off", "balanced"), "off or balanced"),
+            "tta": (lambda value: value in ("off", "flip"), "off or flip"),
         },
         zoo_models=True),
     TaskCard(

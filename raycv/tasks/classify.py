@@ -23,10 +23,11 @@ from torch import nn
 from raycv.config import TrainConfig
 from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
-from raycv.data.photo_pipeline import eval_transform, train_transform, transform_photos
+from raycv.data.photo_pipeline import eval_transform, mix_batch, train_transform, transform_photos
 from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
+from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
-from raycv.models.common import Normalized
+from raycv.models.common import FlipAveraged, Normalized
 from raycv.models.zoo import (IMAGENET_MEAN, IMAGENET_STD, ZOO_IMAGE_SIZE, build_zoo_classifier, classifier_head,
                               zoo_name)
 from raycv.tasks.base import Task, with_task_options
@@ -68,7 +69,15 @@ class ClassifyTask(Task):
         zoo = zoo_name(cfg.model, self.model_names)
         default = ZOO_IMAGE_SIZE if zoo else meta.get("image_size", [BOOK_IMAGE_SIZE])[0]
         size = default if cfg.extra.get("image_size", "auto") == "auto" else int(cfg.extra["image_size"])
-        return {**meta, "image_size": [size, size]}
+        options = with_task_options(self, cfg).extra
+        photo_only = [f"--{name.replace('_', '-')} {options[name]}" for name in ("mix", "class_weighting")
+                      if options[name] != "off"]
+        if photo_only and meta.get("format") not in PHOTO_FORMATS:
+            raise RaycvError(f"{' and '.join(photo_only)}: only photo folders and lists are augmented on the CPU "
+                             f"workers, and this {meta.get('format', 'raycv')} set is not one")
+        return {**meta, "image_size": [size, size], "mix": options["mix"],
+                "class_weights": balanced_weights(meta["class_counts"]["train"])
+                if options["class_weighting"] == "balanced" else None}
 
     def augments_rows(self, meta: dict[str, Any]) -> bool:
         return meta.get("format") in PHOTO_FORMATS
@@ -82,16 +91,28 @@ class ClassifyTask(Task):
                 "label": np.asarray(batch["label"], dtype=np.int64)}
 
     def decode_train(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
-        if self.augments_rows(meta):
-            return photo_rows(batch, train_transform(meta["image_size"][0]))
-        return self.decode(batch, meta)
+        if not self.augments_rows(meta):
+            return self.decode(batch, meta)
+        rows = photo_rows(batch, train_transform(meta["image_size"][0]))
+        classes = len(meta["classes"])
+        targets = np.eye(classes, dtype=np.float32)[rows["label"]]  # one-hot; soft once mixed
+        if meta.get("mix", "off") != "off":
+            if len(targets):  # a batch of only unreadable files has nothing to mix
+                rows["image"], targets = mix_batch(rows["image"], rows["label"], classes, meta["mix"])
+            rows["label"] = targets
+        if meta.get("class_weights") is not None:
+            rows["weight"] = targets @ np.asarray(meta["class_weights"], dtype=np.float32)
+        return rows
 
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         classes = len(meta["classes"])
         zoo = zoo_name(cfg.model, self.model_names)
+        # With --tta flip the model itself averages each image with its mirror in eval mode, so evaluation,
+        # predict, serve and exports all see it (the wrapper's state_dict is Normalized's).
+        wrapper = FlipAveraged if with_task_options(self, cfg).extra["tta"] == "flip" else Normalized
         if zoo:  # --width does not apply: the zoo's architectures are as torchvision defines them
-            return Normalized(build_zoo_classifier(zoo, classes, meta["image_size"][0]), IMAGENET_MEAN, IMAGENET_STD)
-        return Normalized(MODELS[cfg.model](classes, cfg.width), CIFAR_MEAN, CIFAR_STD)
+            return wrapper(build_zoo_classifier(zoo, classes, meta["image_size"][0]), IMAGENET_MEAN, IMAGENET_STD)
+        return wrapper(MODELS[cfg.model](classes, cfg.width), CIFAR_MEAN, CIFAR_STD)
 
     def head(self, model: nn.Module, meta: dict[str, Any]) -> str | None:
         return classifier_head(model, len(meta["classes"]))
@@ -102,7 +123,12 @@ class ClassifyTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         logits = model(to_model_input(batch["image"]))
-        return nn.functional.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
+        # The labels are class indices, or soft targets after CutMix/MixUp; cross_entropy takes both.
+        losses = nn.functional.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing,
+                                             reduction="none")
+        if "weight" in batch:  # --class-weighting balanced: a weighted mean, as cross_entropy's weight= gives
+            return (losses * batch["weight"]).sum() / batch["weight"].sum()
+        return losses.mean()
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
@@ -146,6 +172,13 @@ def model_table(num_classes: int = 1000) -> list[dict[str, Any]]:
                      "parameters": parameter_count(lambda name=name: build_zoo_classifier(name, num_classes,
                                                                                          ZOO_IMAGE_SIZE))})
     return rows
+
+
+def balanced_weights(class_counts: list[int]) -> list[float]:
+    """Each class's loss weight, the inverse of its share of the rows (scikit-learn's "balanced": a class
+    as common as the average weighs 1). A class without training rows weighs 0: it has no loss to weigh."""
+    rows, present = sum(class_counts), sum(count > 0 for count in class_counts)
+    return [rows / (present * count) if count else 0.0 for count in class_counts]
 
 
 def photo_rows(batch: dict[str, np.ndarray], transform) -> dict[str, np.ndarray]:
