@@ -96,7 +96,7 @@ def test_zoo_model_trains_with_two_workers_and_skips_exactly_the_truncated_file(
 
 
 def test_photos_arrive_upright_and_in_colour():
-    from raycv.data.photo_pipeline import decode_photo
+    from raycv.data.images import decode_image
 
     image = Image.new("RGB", (40, 20), (0, 0, 255))
     image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red: upright, red is on the left
@@ -104,7 +104,7 @@ def test_photos_arrive_upright_and_in_colour():
     exif[0x0112] = 6
     buffer = io.BytesIO()
     image.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", exif=exif, quality=95)
-    upright = decode_photo(buffer.getvalue())
+    upright = decode_image(buffer.getvalue())
     assert upright.shape == (20, 40, 3)
     assert upright[10, 5, 0] > 200 and upright[10, 5, 2] < 60  # red on the left again
     assert upright[10, 35, 2] > 200 and upright[10, 35, 0] < 60
@@ -148,7 +148,7 @@ def test_serve_answers_a_large_jpeg_as_local_prediction_does(zoo_run):
     import httpx
 
     from raycv.checkpoint import load_model
-    from raycv.data.photo_pipeline import decode_photo
+    from raycv.data.images import decode_image
     from raycv.inference import predict
 
     rng = np.random.default_rng(11)
@@ -159,7 +159,7 @@ def test_serve_answers_a_large_jpeg_as_local_prediction_does(zoo_run):
                               timeout=60)
     assert response.status_code == 200, response.text
     served_top = response.json()["predictions"][0]
-    local_top = predict(load_model(zoo_run.best_checkpoint, "classify"), [decode_photo(buffer.getvalue())])[0]
+    local_top = predict(load_model(zoo_run.best_checkpoint, "classify"), [decode_image(buffer.getvalue())])[0]
     assert [row["class"] for row in served_top] == [row["class"] for row in local_top]
     assert served_top[0]["probability"] == pytest.approx(local_top[0]["probability"], abs=1e-4)
     assert sorted(row["class"] for row in served_top) == ["blue", "green", "red"]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from raycv.data.formats import read_image_folder
 from raycv.data.photo_folders import list_photo_files, read_photo_folder
-from raycv.data.photo_pipeline import decode_photo
+from raycv.data.images import decode_image
 from raycv.errors import RaycvError
 
 COLOURS = {"cats": (255, 0, 0), "dogs": (0, 0, 255), "birds": (0, 255, 0)}
@@ -166,7 +166,7 @@ def test_listing_imports_neither_ray_nor_torch(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
-def test_decode_photo_turns_an_exif_rotated_jpeg_upright(tmp_path):
+def test_decode_image_turns_an_exif_rotated_jpeg_upright(tmp_path):
     pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high: left half red, right half blue
     pixels[:, :20, 0] = 255
     pixels[:, 20:, 2] = 255
@@ -174,7 +174,7 @@ def test_decode_photo_turns_an_exif_rotated_jpeg_upright(tmp_path):
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the stored left edge is the top
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif)
-    upright = decode_photo(buffer.getvalue()).astype(int)
+    upright = decode_image(buffer.getvalue()).astype(int)
     assert upright.shape == (40, 20, 3)
     top, bottom = upright[:16].mean(axis=(0, 1)), upright[24:].mean(axis=(0, 1))  # away from the JPEG-blurred edge
     assert top[0] > 200 and top[2] < 50
@@ -189,7 +189,8 @@ def test_folders_and_lists_read_to_labelled_rows(ray_session, tmp_path):
     val = write_class_folders(tmp_path / "tree" / "val", {"cats": 1, "dogs": 1})
     splits, meta = read_photo_folder(str(tmp_path / "tree"))
     assert meta == {"classes": ["cats", "dogs"], "source": str(tmp_path / "tree"), "format": "imagefolder",
-                    "files": {"train": 5, "val": 2}, "skipped": {"count": 0, "examples": []}}
+                    "files": {"train": 5, "val": 2}, "class_counts": {"train": [3, 2], "val": [1, 1]},
+                    "skipped": {"count": 0, "examples": []}}
     expected = {split: {path: ["cats", "dogs"].index(name) for path, name in as_pairs(written)}
                 for split, written in (("train", train), ("val", val))}
     assert {split: rows(dataset) for split, dataset in splits.items()} == expected
@@ -232,7 +233,7 @@ def test_unreadable_photos_are_skipped_and_reported_once(ray_session, tmp_path, 
     train = splits["train"].take_batch(100, batch_format="numpy")
     assert sorted(path.rsplit("/", 1)[1] for path in train["path"]) == [
         "0.jpg", "1.png", "alpha.png", "cmyk.jpg", "deep.png", "grey.png", "rotated.jpg"]
-    assert all(decode_photo(bytes(data)).dtype == np.uint8 for data in train["image"])
+    assert all(decode_image(bytes(data)).dtype == np.uint8 for data in train["image"])
 
 
 def test_image_folder_open_set_numbers_unseen_val_classes_after_train(ray_session, tmp_path):

@@ -31,6 +31,24 @@ def encode_png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 (H, W, 3) RGB, as a viewer shows it: 16-bit images keep their top 8 bits
+    (Pillow's own RGB conversion clips them to white), transparency is composited over white (Pillow's
+    drops the alpha and shows whatever colour the transparent pixels hold), everything else (L, CMYK,
+    YCbCr, 1, F, ...) through Pillow's conversion."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit integer) greyscale
+        pixels = np.asarray(image, dtype=np.int64)
+        depth = 16 if image.mode.startswith("I;16") or pixels.max(initial=0) < 65536 else 32
+        grey = (np.clip(pixels, 0, 2**depth - 1) >> (depth - 8)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "P":  # palette images may carry transparency in the palette
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, image.convert("RGBA")).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
 class ImageTooLarge(ValueError):
     """An image refused for its size, read from its header: it has more than `limit` pixels."""
 
@@ -39,10 +57,15 @@ class ImageTooLarge(ValueError):
         self.limit = limit
 
 
+# What Pillow raises on bytes it cannot decode, from the header or from the pixel data.
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None) -> np.ndarray:
-    """Bytes of any format PIL reads to a uint8 HWC array. Raises ValueError on bad bytes and
-    ImageTooLarge (checked from the header, before decoding) above `max_pixels`, or above Pillow's own
-    limit against decompression bombs, which it checks first."""
+    """Bytes of any format PIL reads to an upright uint8 HWC array (see `to_rgb` for what "RGB" makes of
+    16-bit, transparent and CMYK images). Raises ValueError on bad bytes and ImageTooLarge (checked from
+    the header, before decoding) above `max_pixels`, or above Pillow's own limit against decompression
+    bombs, which it checks first."""
     unreadable = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
     try:
         image = Image.open(io.BytesIO(data))
@@ -66,7 +89,8 @@ def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None) 
                                 "pixels", max_pixels)
         try:
             # Upright as viewers show it: phones store portraits as landscape pixels plus an EXIF rotation.
-            return np.asarray(ImageOps.exif_transpose(image).convert(mode))
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright) if mode == "RGB" else np.asarray(upright.convert(mode))
         except unreadable as error:  # a valid header over truncated or corrupt pixel data
             raise ValueError(f"not a readable image: a {image.width}x{image.height} {image.format} header over "
                              f"truncated or corrupt data ({error})") from None

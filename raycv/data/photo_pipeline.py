@@ -2,53 +2,26 @@
 torchvision transforms.v2 pipelines of training and evaluation, run per image on Ray Data's CPU workers.
 
 Real folders hold what cameras and editors write: EXIF-rotated JPEGs, CMYK JPEGs, 16-bit and
-palette PNGs, RGBA, greyscale, and now and then a truncated file. `decode_photo` turns each into an
-upright 8-bit RGB array or raises ValueError; `transform_photos` applies a pipeline to a batch of
+palette PNGs, RGBA, greyscale, and now and then a truncated file. `images.decode_image` turns each into
+an upright 8-bit RGB array or raises ValueError; `transform_photos` applies a pipeline to a batch of
 encoded files and reports which ones could not be read, so a reader can skip and count them.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
+
+from raycv.data.images import decode_image
 
 # Evaluation resizes the shorter side to size / EVAL_CROP_FRACTION and keeps the centre (torchvision's
 # ImageNet recipe: 256 -> 224).
 EVAL_CROP_FRACTION = 0.875
-UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def decode_photo(data: bytes) -> np.ndarray:
-    """Encoded image bytes to an upright uint8 (H, W, 3) RGB array. EXIF orientation is applied; 16-bit
-    images keep their top 8 bits (Pillow's own RGB conversion clips them to white); transparency is
-    composited over white, as viewers show it. Raises ValueError for anything unreadable."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)  # also loads the pixels: truncation shows here
-            return _to_rgb(image)
-    except UNREADABLE as error:
-        raise ValueError(f"not a readable image ({type(error).__name__}: {error})") from None
-
-
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit integer) greyscale
-        pixels = np.asarray(image, dtype=np.int64)
-        depth = 16 if image.mode.startswith("I;16") or pixels.max(initial=0) < 65536 else 32
-        grey = (np.clip(pixels, 0, 2**depth - 1) >> (depth - 8)).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if image.mode == "P":  # palette images may carry transparency in the palette
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, image.convert("RGBA")).convert("RGB"))
-    return np.asarray(image.convert("RGB"))  # L, CMYK, YCbCr, RGB, 1, F ...
 
 
 def train_transform(size: int) -> Transform:
@@ -72,7 +45,7 @@ def transform_photos(encoded: list[bytes] | np.ndarray, transform: Transform) ->
     images, readable = [], np.zeros(len(encoded), dtype=bool)
     for index, data in enumerate(encoded):
         try:
-            pixels = decode_photo(bytes(data))
+            pixels = decode_image(bytes(data))
         except ValueError:
             continue
         chw = torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy: PIL's arrays are read-only
