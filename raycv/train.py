@@ -33,7 +33,7 @@ from raycv.sparsity import apply_global_sparsity, measured_sparsity, restore_mas
 from raycv.tasks import get_task
 from raycv.tasks.base import Task, with_task_options
 
-FAULT_MARKER = ".fault_injected"
+FAULT_MARKER = ".fault_injected_at_epoch_{epoch}"
 BEST_CHECKPOINT = "best"
 # Ray Train workers patch print() to echo into logging as well (every line twice); log instead.
 logger = logging.getLogger("raycv")
@@ -274,10 +274,11 @@ def global_sum(value: float, device: torch.device) -> float:
 
 
 def maybe_inject_fault(cfg: TrainConfig, epoch: int, run_dir: str) -> None:
-    """Fault injection for tests: the first attempt to start epoch `fail_at_epoch` crashes once."""
+    """Fault injection for tests: the first attempt to start epoch `fail_at_epoch` crashes once (once per
+    epoch and run, so a resumed run may be given a later epoch to crash at)."""
     if cfg.fail_at_epoch != epoch or ray.train.get_context().get_world_rank() != 0:
         return
-    marker = storage.join(run_dir, FAULT_MARKER)
+    marker = storage.join(run_dir, FAULT_MARKER.format(epoch=epoch))
     if not storage.exists(marker):
         storage.write_text(marker, f"fault injected at epoch {epoch}\n")
         raise RuntimeError(f"raycv: injected fault at the start of epoch {epoch} (--fail-at-epoch {epoch})")

@@ -9,6 +9,10 @@ from contextlib import contextmanager
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray Train's controller polls its workers every 2 s by default, so each fit idles up to 2 s after its last
+# epoch before it ends; the suite runs dozens of short fits (and the clusters its child processes start
+# inherit this environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 def free_port() -> int:

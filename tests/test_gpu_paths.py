@@ -158,15 +158,3 @@ def test_validation_metrics_do_not_depend_on_amp(bf16_superres_run):
         assert np.isclose(in_training[f"val_{key}"], measured[key], rtol=0, atol=1e-4), (key, in_training, measured)
 
 
-def test_resume_with_another_amp_setting(bf16_superres_run):
-    """A run saved with a disabled (empty) GradScaler resumes under fp16 with a fresh one."""
-    from raycv.train import fit
-
-    result, data = bf16_superres_run
-    task = get_task("superres")
-    cfg = task.default_config().replace(batch_size=8, workers=1, cpus_per_worker=1, name="amp-change",
-                                        storage=result.run_dir.rsplit("/", 2)[0])
-    with pytest.raises(Exception, match="injected fault"):
-        fit(task, cfg.replace(epochs=2, amp="off", fail_at_epoch=2), data)  # stops after epoch 1's checkpoint
-    resumed = fit(task, cfg.replace(epochs=2, amp="fp16"), data)
-    assert resumed.resumed_at == [2] and len(resumed.history) == 2

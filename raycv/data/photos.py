@@ -1,5 +1,6 @@
-"""The held-out test photographs of the pixel tasks: the ones scikit-image and scikit-learn ship,
-which no training run ever sees.
+"""The held-out test photographs of the pixel tasks: the ones scikit-image and scikit-learn ship, which no
+pixel task (superres, inpaint, compress_ae) ever trains on. The photo-crops classification set
+(data/photo_crops.py) is made of crops of them: a classifier trained there must never score the pixel tasks.
 
 numpy, scikit-image and scikit-learn are imported by `real_photos` alone: the command line lists
 PHOTO_NAMES in `--help` before anything heavy loads.
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Every photograph scikit-image ships (drawings, scans and synthetic images left out), and the two
-# scikit-learn ships. None is ever used for training.
+# scikit-learn ships. No pixel task trains on them.
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
                   "immunohistochemistry", "moon", "retina", "rocket")
 SKLEARN_PHOTOS = ("china", "flower")
