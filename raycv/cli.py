@@ -48,6 +48,9 @@ def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
         help_text = field.metadata.get("help", "")
         if field.name == "model":
             help_text = f"one of {', '.join(card.model_names)}"
+            if card.zoo_models:
+                help_text += (f", or any torchvision classifier by name (resnet50, torchvision.resnet18, ...: "
+                              f"`raycv {task_name} models` lists them)")
         help_text += f" (default: {getattr(defaults, field.name)!r})"
         if field.metadata.get("hidden"):
             help_text = argparse.SUPPRESS
