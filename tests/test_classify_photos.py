@@ -95,6 +95,24 @@ def test_zoo_model_trains_with_two_workers_and_skips_exactly_the_truncated_file(
     assert {row["skipped_files"] for row in history} == {1}
 
 
+def test_training_rows_are_shuffled_across_classes_every_epoch(ray_session, photo_folder):
+    """Folders list their files class by class; the trainers' local shuffle buffer holds a few batches, so
+    without a global shuffle each batch would hold one class and training would not converge."""
+    from raycv.tasks import get_task
+    from raycv.train import prepare_datasets
+
+    task = get_task("classify")
+    cfg = task.default_config().replace(model="torchvision.resnet18", extra={"image_size": "32"})
+    datasets, meta = prepare_datasets(task, photo_folder, cfg)
+    epochs = [np.concatenate([batch["label"] for batch in datasets["train"].iter_batches(batch_format="numpy")])
+              for _ in range(2)]
+    for labels in epochs:
+        assert len(labels) == meta["rows"]["train"]
+        assert np.bincount(labels).tolist() == np.bincount(epochs[0]).tolist()  # every row, once
+        assert len(set(labels[:12].tolist())) >= 2, labels[:12]
+    assert epochs[0].tolist() != epochs[1].tolist()  # a new order each epoch
+
+
 def test_photos_arrive_upright_and_in_colour():
     from raycv.data.images import decode_image
 
