@@ -139,11 +139,17 @@ def check_ingest_cpus(cfg: TrainConfig, train: ray.data.Dataset) -> None:
                          "--cpus-per-worker (e.g. --cpus-per-worker 0.5), or decode once with --cache-data on")
 
 
+def for_workers(cfg: TrainConfig) -> TrainConfig:
+    """The config as the Ray Train workers read it: a local --pretrained path made absolute, since the workers
+    run in a directory of Ray's, not in the one the command was given in."""
+    return cfg.replace(pretrained=storage.absolute(cfg.pretrained)) if cfg.pretrained else cfg
+
+
 def build_trainer(task: Task, cfg: TrainConfig, datasets: dict[str, ray.data.Dataset], meta: dict[str, Any],
                   storage_path: str | None = None, callbacks: list | None = None) -> ray.train.torch.TorchTrainer:
     """A TorchTrainer running `train_loop` on prepared datasets; the run lands in storage_path/cfg.name
     (default: STORAGE/TASK/NAME)."""
-    cfg = with_task_options(task, cfg.validate())
+    cfg = for_workers(with_task_options(task, cfg.validate()))
     check_model_options(task, cfg, meta)
     rows_per_worker = meta["rows"]["train"] // cfg.workers
     steps_per_epoch = rows_per_worker // cfg.batch_size

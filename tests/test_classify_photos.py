@@ -113,6 +113,19 @@ def test_training_rows_are_shuffled_across_classes_every_epoch(ray_session, phot
     assert epochs[0].tolist() != epochs[1].tolist()  # a new order each epoch
 
 
+def test_a_relative_pretrained_path_reaches_the_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in a directory of Ray's: a path relative to the user's would not be found there."""
+    from raycv.tasks import get_task
+    from raycv.train import for_workers
+
+    monkeypatch.chdir(tmp_path)
+    cfg = get_task("classify").default_config()
+    assert for_workers(cfg.replace(pretrained="runs/classify/a/best")).pretrained == str(
+        tmp_path / "runs" / "classify" / "a" / "best")
+    assert for_workers(cfg.replace(pretrained="s3://bucket/w.pth")).pretrained == "s3://bucket/w.pth"
+    assert for_workers(cfg).pretrained == cfg.pretrained
+
+
 def test_photos_arrive_upright_and_in_colour():
     from raycv.data.images import decode_image
 
