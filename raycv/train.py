@@ -77,12 +77,11 @@ def prepare_datasets(task: Task, data: str, cfg: TrainConfig) -> tuple[dict[str,
     for name in ("train", "val"):
         random_rows = name == "train" and augments_rows  # decoded afresh every epoch: cache the stored rows
         decode = task.decode_train if random_rows else task.decode
-        stored = splits[name].materialize() if cache and random_rows else splits[name]
-        if random_rows:
-            # Users' files are listed class by class, and the trainers' local shuffle buffer holds a few
-            # batches only: without a global shuffle a batch would hold one or two classes. The stored rows
-            # (paths, or encoded bytes when cached) are light, and each epoch's execution draws a new order.
-            stored = stored.random_shuffle()
+        stored = splits[name]
+        if cache and random_rows:
+            # A streamed read draws a new row order each epoch (readers of users' files shuffle them); a cached
+            # copy would repeat one order, so it is shuffled in the object store, where it fits by construction.
+            stored = stored.materialize().random_shuffle()
         decoded[name] = stored.map_batches(decode, fn_kwargs={"meta": meta}, batch_size=256)
         if cache and not random_rows:
             decoded[name] = decoded[name].materialize()

@@ -95,14 +95,17 @@ def test_zoo_model_trains_with_two_workers_and_skips_exactly_the_truncated_file(
     assert {row["skipped_files"] for row in history} == {1}
 
 
-def test_training_rows_are_shuffled_across_classes_every_epoch(ray_session, photo_folder):
+@pytest.mark.parametrize("cache_data", ["on", "off"])
+def test_training_rows_are_shuffled_across_classes_every_epoch(ray_session, photo_folder, cache_data):
     """Folders list their files class by class; the trainers' local shuffle buffer holds a few batches, so
-    without a global shuffle each batch would hold one class and training would not converge."""
+    without a global shuffle each batch would hold one class and training would not converge. Cached and
+    streamed reads both draw a new order each epoch."""
     from raycv.tasks import get_task
     from raycv.train import prepare_datasets
 
     task = get_task("classify")
-    cfg = task.default_config().replace(model="torchvision.resnet18", extra={"image_size": "32"})
+    cfg = task.default_config().replace(model="torchvision.resnet18", cache_data=cache_data,
+                                        extra={"image_size": "32"})
     datasets, meta = prepare_datasets(task, photo_folder, cfg)
     epochs = [np.concatenate([batch["label"] for batch in datasets["train"].iter_batches(batch_format="numpy")])
               for _ in range(2)]

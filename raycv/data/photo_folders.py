@@ -244,7 +244,11 @@ def read_labelled_photos(files: SplitFiles,
             raise RaycvError(f"none of the {len(pairs)} {split} photos is readable, e.g. {pairs[0][0]}")
         class_counts[split] = [sum(name == wanted for _, name in kept) for wanted in classes]
         labels = {reported[file]: index[name] for file, name in kept}
-        splits[split] = ray.data.read_binary_files([file for file, _ in kept], include_paths=True).map_batches(
+        # Folders list their files class by class: training reads them in a new random order every epoch
+        # (Ray Data shuffles the file list per execution, so nothing larger than a block is held for it).
+        shuffle = "files" if split == "train" else None
+        splits[split] = ray.data.read_binary_files([file for file, _ in kept], include_paths=True,
+                                                   shuffle=shuffle).map_batches(
             _labelled_rows, fn_kwargs={"labels": labels}, batch_size=256)
         counts[split] = len(kept)
     return splits, {"files": counts, "class_counts": class_counts,
