@@ -116,17 +116,17 @@ def test_a_few_training_steps_lower_the_loss():
 
 def test_postprocess_answers_in_the_original_pixels():
     meta = {"classes": ["sun", "star"], "image_size": [128, 128], "max_objects": 3}
-    batch = {"boxes": torch.tensor([[[20.0, 30.0, 60.0, 90.0], [-1, -1, -1, -1]]]), "labels": torch.tensor([[1, -1]])}
+    batch = {"boxes": torch.tensor([[[20.0, 10.0, 60.0, 50.0], [-1, -1, -1, -1]]]), "labels": torch.tensor([[1, -1]])}
     outputs = perfect_outputs(batch, meta, 32, 32)
-    # The request image was 256 high and 512 wide; the model saw it resized to 128 x 128.
+    # The request image was 256 high and 512 wide; the model saw it letterboxed into 128 x 128 (scaled by 1/4).
     [answer] = TASK.postprocess(outputs, meta, [(256, 512)])
     assert len(answer) == 1
     assert answer[0]["class"] == "star" and answer[0]["index"] == 1 and answer[0]["score"] > 0.99
-    assert answer[0]["box"] == pytest.approx([80.0, 60.0, 240.0, 180.0], abs=0.01)
+    assert answer[0]["box"] == pytest.approx([80.0, 40.0, 240.0, 200.0], abs=0.01)
     json.dumps(answer)  # JSON-able as served
     image = np.zeros((256, 512, 3), dtype=np.uint8)
     drawn = draw_detections(image, answer)
-    assert drawn.shape == image.shape and drawn[60, 80:240].any() and not drawn[200:, 300:].any()
+    assert drawn.shape == image.shape and drawn[40, 80:240].any() and not drawn[220:, 300:].any()
     # preprocess gives the model its input size whatever the request size
     assert TASK.preprocess([image, image[:100]], meta).shape == (2, 3, 128, 128)
 

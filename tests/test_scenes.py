@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycv.data import coco, procedural
+from raycv.data import procedural
 from raycv.data.images import decode_image, encode_png
 from raycv.data.scenes import SCENE_DEFAULTS, composite_scene, decode_scenes, validate_params
 from raycv.errors import RaycvError
@@ -95,29 +95,6 @@ def test_decode_resizes_images_masks_and_boxes_together():
             x1, y1, x2, y2 = np.round(box).astype(int)
             inside = semantic[y1:y2, x1:x2]
             assert (inside == label + 1).mean() > 0.3  # the object's class fills much of its halved box
-
-
-def test_coco_on_disk_reads_back_as_the_same_rows(ray_session, tmp_path):
-    rows, params = scenes(6)
-    meta = validate_params(params)
-    for split in ("train", "val"):
-        (tmp_path / split).mkdir()
-        document = coco.coco_document([{"id": i, **row} for i, row in enumerate(rows)], meta["classes"],
-                                      meta["image_size"])
-        for image in document["images"]:
-            (tmp_path / split / image["file_name"]).write_bytes(rows[image["id"]]["image"])
-        (tmp_path / "annotations").mkdir(exist_ok=True)
-        (tmp_path / "annotations" / f"{split}.json").write_text(json.dumps(document))
-    splits, read_meta = coco.read_coco(str(tmp_path))
-    assert read_meta["classes"] == meta["classes"] and read_meta["image_size"] == [128, 128]
-    read_rows = sorted(splits["val"].take_all(), key=lambda row: row["id"])
-    for original, read in zip(rows, read_rows, strict=False):
-        assert np.array_equal(decode_image(read["mask"], mode="L"), decode_image(original["mask"], mode="L"))
-        assert decode_image(read["image"]).tobytes() == decode_image(original["image"]).tobytes()
-
-    (tmp_path / "val" / "00000003.png").unlink()
-    with pytest.raises(RaycvError, match="names image '00000003.png'"):
-        coco.read_coco(str(tmp_path))
 
 
 def test_bad_scene_folders_are_named(tmp_path):

@@ -92,13 +92,15 @@ def test_postprocess_gives_the_mask_and_outlines_at_the_original_size():
     meta = {"classes": ["sun", "star"], "image_size": [64, 64]}
     logits = torch.zeros(1, 3, 64, 64)
     logits[0, 0] = 1.0
-    logits[0, 2, 16:48, 8:40] = 5.0  # a star square covering a quarter of each side
+    # The 100x200 request letterboxed into 64x64: scaled by 0.32, its rows in the top 32, padding below.
+    logits[0, 2, 8:24, 8:40] = 5.0
+    logits[0, 1, 40:, :] = 9.0  # whatever is predicted on the padding is not part of the answer
     (answer,) = TASK.postprocess(logits, meta, [(100, 200)])
     class_map = class_map_from_answer(answer)
     assert class_map.shape == (100, 200)
     assert set(np.unique(class_map)) == {0, 2} and answer["classes"] == ["background", "sun", "star"]
     rows, cols = np.nonzero(class_map == 2)
-    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (25, 75, 25, 125)  # x3.125 and x1.5625
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (25, 75, 25, 125)  # x3.125
     (polygon,) = answer["polygons"]
     points = np.array(polygon["points"])
     assert polygon["class"] == "star" and not polygon["hole"]

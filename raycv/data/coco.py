@@ -1,27 +1,34 @@
-"""COCO JSON in and out for scene datasets (boxes, categories, RLE or polygon masks).
+"""COCO JSON in and out: the instances files of datasets, and the results files of predictions.
 
 Out: every synthesized scene split gets DATASET/annotations/SPLIT.json, which pycocotools loads; its
 file_name entries are the row ids (`00000042.png`), the images themselves live in the Parquet rows.
-In: a COCO dataset on disk, ROOT/annotations/{train,val}.json (or instances_{split}.json) with images
-under ROOT/{split}/, ROOT/images/{split}/ or ROOT/images/, becomes the same stored rows as synthesis
-produces (image bytes, instance-map PNG, annotations JSON with contiguous category ids 1..K).
+Predictions over a folder are written in COCO's results format (`results_document`).
+
+In: COCO sets laid out as distributed, ROOT/annotations/instances_train2017.json and
+instances_val2017.json with the images in ROOT/train2017/ and ROOT/val2017/; other split names are found
+the same way (annotations/instances_NAME.json or annotations/NAME.json, NAME starting with train, and with
+val or test), with the images in ROOT/NAME/, ROOT/images/NAME/, ROOT/images/ or ROOT/. Category ids need
+not be contiguous; segmentations may be polygons or RLE; crowd regions (iscrowd 1) are kept and marked;
+images without annotations are kept; file names may hold sub-folders; ROOT may be any storage URI.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
-import ray.data
 
 from raycv import storage
-from raycv.data.images import encode_png
+from raycv.data.annotated import AnnotatedImage, AnnotatedSet
 from raycv.errors import RaycvError
 
-SPLITS = ("train", "val")
+# Split name prefixes, in the order they are looked for: the validation split may be called test.
+SPLIT_PREFIXES = {"train": ("train",), "val": ("val", "test")}
+ANNOTATION_PREFIX = "instances_"
+# COCO's own boxes overhang their images by a fraction of a pixel; further out is a wrong annotation.
+EDGE_TOLERANCE_PX = 1.0
 
 
 def file_name(row_id: int) -> str:
@@ -55,24 +62,29 @@ def write_split_annotations(dataset_dir: str, split: str, meta: dict[str, Any]) 
     return path
 
 
-def is_coco(path: str) -> bool:
-    return any(_annotation_file(path, split) for split in SPLITS)
+def results_document(image_ids: list[Any], answers: list[list[dict[str, Any]]],
+                     category_ids: list[int]) -> list[dict[str, Any]]:
+    """COCO's results format (what pycocotools' loadRes reads) for detect's answers: one entry per box, [x, y,
+    width, height] in the image's pixels, the set's own category ids; with a mask, its RLE."""
+    results = []
+    for image_id, detections in zip(image_ids, answers, strict=True):
+        for detection in detections:
+            x1, y1, x2, y2 = detection["box"]
+            entry = {"image_id": image_id, "category_id": category_ids[detection["index"]],
+                     "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                     "score": detection["score"]}
+            if "segmentation" in detection:
+                entry["segmentation"] = detection["segmentation"]
+            results.append(entry)
+    return results
 
 
-def _annotation_file(root: str, split: str) -> str | None:
-    for name in (f"{split}.json", f"instances_{split}.json"):
-        candidate = os.path.join(root, "annotations", name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's compressed RLE of a boolean mask, JSON-able."""
+    from pycocotools import mask as mask_utils
 
-
-def _image_path(root: str, split: str, name: str) -> str | None:
-    for folder in (os.path.join(root, split), os.path.join(root, "images", split), os.path.join(root, "images"), root):
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def instance_map(annotations: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
@@ -91,7 +103,11 @@ def instance_map(annotations: list[dict[str, Any]], height: int, width: int) -> 
             else:
                 rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
             mask = mask_utils.decode(rle).astype(bool)
+            if mask.shape != (height, width):  # an RLE of another size than its image: its box stands in
+                mask = None
         else:
+            mask = None
+        if mask is None:
             x, y, w, h = annotation["bbox"]
             mask = np.zeros((height, width), dtype=bool)
             mask[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))] = True
@@ -99,64 +115,108 @@ def instance_map(annotations: list[dict[str, Any]], height: int, width: int) -> 
     return instances
 
 
-def _load_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    images, masks = [], []
-    for path, annotations_json, height, width in zip(batch["path"], batch["annotations"], batch["height"],
-                                                     batch["width"], strict=False):
-        with open(path, "rb") as file:
-            images.append(file.read())
-        masks.append(encode_png(instance_map(json.loads(annotations_json), int(height), int(width))))
-    return {"id": batch["id"], "image": np.array(images, dtype=object), "mask": np.array(masks, dtype=object),
-            "annotations": batch["annotations"]}
+# ---------------------------------------------------------------------------------------------------
+# In.
+# ---------------------------------------------------------------------------------------------------
 
 
-def read_coco(root: str) -> tuple[dict[str, ray.data.Dataset], dict[str, Any]]:
-    """A COCO dataset on local disk as stored scene rows; every referenced image must exist."""
-    root = os.path.abspath(root)
-    files = {split: _annotation_file(root, split) for split in SPLITS}
-    missing = [split for split, path in files.items() if path is None]
-    if missing:
-        raise RaycvError(f"COCO dataset {root} has no annotations/{missing[0]}.json (or instances_{missing[0]}.json)")
-    documents = {}
-    for split, path in files.items():
-        try:
-            with open(path) as file:
-                documents[split] = json.load(file)
-        except (OSError, json.JSONDecodeError) as problem:
-            raise RaycvError(f"cannot read COCO file {path}: {problem}") from None
-    categories = sorted(documents["train"].get("categories", []), key=lambda category: category["id"])
+def annotation_files(root: str) -> dict[str, str]:
+    """Split name -> annotation file, from ROOT/annotations/instances_NAME.json or NAME.json."""
+    folder = storage.join(root, "annotations")
+    if not storage.is_dir(folder):
+        return {}
+    files = {}
+    for name in sorted(storage.list_dir(folder)):
+        split = name.removesuffix(".json").removeprefix(ANNOTATION_PREFIX)
+        if name.endswith(".json") and split.startswith(SPLIT_PREFIXES["train"] + SPLIT_PREFIXES["val"]):
+            files.setdefault(split, storage.join(folder, name))
+    return files
+
+
+def is_coco(path: str) -> bool:
+    return bool(annotation_files(storage.absolute(path)))
+
+
+def chosen_splits(root: str, files: dict[str, str]) -> dict[str, str]:
+    """{"train": NAME, "val": NAME}: for each, the split named exactly so, else the only one whose name starts so
+    (train2017); several candidates are an error naming them."""
+    chosen = {}
+    for wanted, prefixes in SPLIT_PREFIXES.items():
+        candidates = [name for name in files if name.startswith(prefixes)]
+        picked = [name for name in candidates if name in prefixes] or candidates
+        if not picked:
+            raise RaycvError(f"COCO set {root} has no {wanted} annotations: expected annotations/instances_"
+                             f"{wanted}2017.json or annotations/{wanted}.json (found: {', '.join(files) or 'none'})")
+        if len(picked) > 1:
+            raise RaycvError(f"COCO set {root} has several {wanted} annotation files ({', '.join(picked)}): "
+                             "keep one per split")
+        chosen[wanted] = picked[0]
+    return chosen
+
+
+def load_document(path: str) -> dict[str, Any]:
+    try:
+        document = json.loads(storage.read_text(path))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise RaycvError(f"cannot read COCO file {path}: {problem}") from None
+    if not isinstance(document, dict) or not document.get("images"):
+        raise RaycvError(f"COCO file {path} lists no images")
+    return document
+
+
+def list_coco(root: str) -> AnnotatedSet:
+    """The COCO set at `root`, every annotation and image name checked; opens no image."""
+    root = storage.absolute(root)
+    files = annotation_files(root)
+    names = chosen_splits(root, files)
+    documents = {split: load_document(files[name]) for split, name in names.items()}
+    categories = sorted(documents["train"].get("categories") or [], key=lambda category: category["id"])
     if not categories:
-        raise RaycvError(f"COCO file {files['train']} has no categories")
+        raise RaycvError(f"COCO file {files[names['train']]} has no categories")
+    listed = AnnotatedSet(source=root, format="coco", classes=[category["name"] for category in categories],
+                          category_ids=[category["id"] for category in categories])
     contiguous = {category["id"]: index + 1 for index, category in enumerate(categories)}
-    splits, largest = {}, (0, 0)
-    max_objects = 1
-    for split, document in documents.items():
-        by_image: dict[int, list] = {}
-        for annotation in document.get("annotations", []):
-            if annotation["category_id"] not in contiguous:
-                raise RaycvError(f"COCO file {files[split]}: annotation {annotation.get('id')} has category_id "
-                                 f"{annotation['category_id']}, not among the categories of {files['train']}")
-            by_image.setdefault(annotation["image_id"], []).append(
-                {key: annotation[key] for key in ("bbox", "area", "iscrowd", "segmentation") if key in annotation}
-                | {"category_id": contiguous[annotation["category_id"]]})
-        items = []
-        for image in document.get("images", []):
-            path = _image_path(root, split, image["file_name"])
-            if path is None:
-                raise RaycvError(f"COCO file {files[split]} names image {image['file_name']!r}, which is not under "
-                                 f"{root}/{split}/, {root}/images/{split}/ or {root}/images/")
-            annotations = by_image.get(image["id"], [])
-            max_objects = max(max_objects, len(annotations))
-            largest = max(largest, (image["height"], image["width"]))
-            items.append({"id": image["id"], "path": path, "annotations": json.dumps(annotations),
-                          "height": image["height"], "width": image["width"]})
-        if not items:
-            raise RaycvError(f"COCO file {files[split]} lists no images")
-        splits[split] = ray.data.from_items(items).map_batches(_load_rows, batch_size=64)
-    if max_objects > 255:
-        raise RaycvError(f"COCO dataset {root} has an image with {max_objects} objects; at most 255 are supported")
-    # Models take square inputs divisible by 32 (the segmentation UNet needs it); rows are resized to it.
-    side = -(-max(largest) // 32) * 32
-    meta = {"classes": [category["name"] for category in categories], "image_size": [side, side],
-            "max_objects": max_objects, "source": root, "format": "coco"}
-    return splits, meta
+    for split, name in names.items():
+        listed.splits[split] = list_split(root, name, files[name], documents[split], contiguous)
+    return listed
+
+
+def list_split(root: str, name: str, path: str, document: dict[str, Any],
+               contiguous: dict[int, int]) -> list[AnnotatedImage]:
+    images = {image["id"]: image for image in document["images"]}
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for annotation in document.get("annotations", []):
+        image = images.get(annotation.get("image_id"))
+        label = f"COCO file {path}: annotation {annotation.get('id')}"
+        if image is None:
+            raise RaycvError(f"{label} names image_id {annotation.get('image_id')}, which is not among its images")
+        if annotation.get("category_id") not in contiguous:
+            raise RaycvError(f"{label} has category_id {annotation.get('category_id')}, not among the categories "
+                             f"{sorted(contiguous)}")
+        x, y, w, h = annotation["bbox"]
+        if (w < 0 or h < 0 or x < -EDGE_TOLERANCE_PX or y < -EDGE_TOLERANCE_PX
+                or x + w > image["width"] + EDGE_TOLERANCE_PX or y + h > image["height"] + EDGE_TOLERANCE_PX):
+            raise RaycvError(f"{label}: box {annotation['bbox']} lies outside its image {image['file_name']} "
+                             f"({image['width']}x{image['height']})")
+        by_image.setdefault(image["id"], []).append(
+            {key: annotation[key] for key in ("bbox", "area", "iscrowd", "segmentation") if key in annotation}
+            | {"category_id": contiguous[annotation["category_id"]]})
+    folder = image_folder(root, name, path, [image["file_name"] for image in document["images"]])
+    return [AnnotatedImage(storage.join(folder, image["file_name"]), image["id"], by_image.get(image["id"], []))
+            for image in document["images"]]
+
+
+def image_folder(root: str, name: str, path: str, file_names: list[str]) -> str:
+    """The folder holding a split's images: the first of ROOT/NAME/, ROOT/images/NAME/, ROOT/images/ and ROOT/
+    that holds the first named image; every other named image is checked to be there too (one listing)."""
+    candidates = [storage.join(root, name), storage.join(root, "images", name), storage.join(root, "images"), root]
+    for folder in candidates:
+        if storage.exists(storage.join(folder, file_names[0])):
+            present = set(storage.list_files(folder))
+            missing = [file for file in file_names if file not in present]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise RaycvError(f"COCO file {path} names image {missing[0]!r}, which is not in {folder}{more}")
+            return folder
+    raise RaycvError(f"COCO file {path} names image {file_names[0]!r}, which is not in any of "
+                     f"{', '.join(candidates)}")

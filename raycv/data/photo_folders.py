@@ -135,7 +135,7 @@ def _read_photo_list(path: str) -> list[tuple[str, str]]:
     if not rows:
         raise RaycvError(f"photo list {path} names no photos")
     folder = path.rsplit("/", 1)[0]
-    entries = [(line, _resolve_entry(folder, entry), label) for line, entry, label in rows]
+    entries = [(line, resolve_entry(folder, entry), label) for line, entry, label in rows]
     first_label: dict[str, tuple[int, str]] = {}
     for line, file, label in entries:
         seen_line, seen_label = first_label.setdefault(file, (line, label))
@@ -182,7 +182,7 @@ def _jsonl_rows(path: str, text: str) -> list[tuple[int, str, str]]:
     return rows
 
 
-def _resolve_entry(folder: str, entry: str) -> str:
+def resolve_entry(folder: str, entry: str) -> str:
     """A list's path as a storage path: a URI as it is, anything else relative to the list's folder."""
     if storage.is_uri(entry):
         return entry
@@ -229,7 +229,7 @@ def read_labelled_photos(files: SplitFiles,
     import ray.data
 
     everything = sorted({file for pairs in files.values() for file, _ in pairs})
-    reported = dict(zip(everything, _as_ray_reports(everything), strict=True))
+    reported = dict(zip(everything, as_ray_reports(everything), strict=True))
     unreadable = _unreadable(everything)
     skipped = [file for file in everything if reported[file] in unreadable]
     if skipped:
@@ -255,7 +255,7 @@ def read_labelled_photos(files: SplitFiles,
                     "skipped": {"count": len(skipped), "examples": skipped[:SKIPPED_EXAMPLES]}}
 
 
-def _as_ray_reports(files: list[str]) -> list[str]:
+def as_ray_reports(files: list[str]) -> list[str]:
     """Each file's path as read_binary_files(include_paths=True) reports it: inside its filesystem, without
     s3:// or file://. Resolved once per folder, as resolving an S3 URI may ask the network for a region."""
     inside: dict[str, str] = {}

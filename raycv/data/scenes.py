@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from raycv.data import procedural
+from raycv.data import coco, procedural
 from raycv.data.formats import image_files
 from raycv.data.images import encode_png
 from raycv.errors import RaycvError
@@ -197,13 +197,6 @@ def boxes_overlap(a: list[float], b: list[float]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def composite_scene(rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
     """One stored scene row: image PNG, instance-map PNG, and COCO annotations JSON (category_id is the
     class index + 1). Deterministic: the same generator state gives byte-identical output."""
@@ -258,45 +251,115 @@ def composite_scene(rng: np.random.Generator, params: dict[str, Any]) -> dict[st
     for index, label in enumerate(labels):
         visible = instances == index + 1
         annotations.append({"bbox": mask_box(visible), "category_id": label + 1, "area": int(visible.sum()),
-                            "iscrowd": 0, "segmentation": encode_rle(visible)})
+                            "iscrowd": 0, "segmentation": coco.encode_rle(visible)})
     return {"image": encode_png(procedural.to_uint8(image)), "mask": encode_png(instances),
             "annotations": json.dumps(annotations)}
 
 
-def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Stored scene rows to training arrays at the dataset's input size: image (B, S, S, 3) uint8,
-    semantic (B, S, S) uint8 (class index + 1, 0 = background), boxes (B, M, 4) float32 xyxy in pixels
-    and labels (B, M) int64 (class index), padded with -1 up to M = meta["max_objects"]."""
+# Scale jitter of training photos, a factor on the letterbox scale: objects are seen from two thirds to
+# one and a half times their letterboxed size, then a side x side window is cut (padded where smaller).
+# ---------------------------------------------------------------------------------------------------
+# Stored scene rows to training arrays.
+# ---------------------------------------------------------------------------------------------------
+
+TRAIN_SCALE_RANGE = (0.67, 1.5)
+MIN_BOX_SIDE = 2.0  # pixels: a box cropped thinner than this is no longer an object to find
+CROWD = 255  # semantic value of crowd regions: ignored by segment's loss and metrics, as pycocotools does
+
+
+def scene_arrays(image_bytes: bytes, mask_bytes: bytes | None,
+                 objects: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(image HWC uint8, instance map HW uint8) of a stored row at its own size. Synthesized rows carry their
+    instance map; users' photos are drawn from their annotations' masks. Raises ValueError when unreadable."""
     from raycv.data.images import decode_image
 
-    side = int(meta["image_size"][0])
-    slots = int(meta["max_objects"])
-    images, semantics = [], []
+    image = decode_image(image_bytes)
+    if mask_bytes is not None:
+        return image, decode_image(mask_bytes, mode="L")
+    return image, coco.instance_map(objects, *image.shape[:2])
+
+
+def jittered_scene(image: np.ndarray, instances: np.ndarray, boxes: np.ndarray,
+                   side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A training view of a photo (transforms.v2 on tv_tensors, so boxes and masks follow the pixels): the
+    letterbox scale times a random factor, a random side x side window (padded where the photo is smaller),
+    a horizontal flip and colour jitter. Returns (image, instance map, boxes xyxy, indices of the boxes kept)."""
+    import torch
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from raycv.data.annotated import PAD_VALUE, letterbox_scale
+
+    height, width = image.shape[:2]
+    factor = letterbox_scale(height, width, side) * float(torch.empty(1).uniform_(*TRAIN_SCALE_RANGE))
+    transform = v2.Compose([
+        v2.Resize([max(1, round(height * factor)), max(1, round(width * factor))], antialias=True),
+        v2.RandomCrop(side, pad_if_needed=True, fill={tv_tensors.Image: PAD_VALUE, tv_tensors.Mask: 0}),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
+        v2.ClampBoundingBoxes(),
+    ])
+    pixels, mask, moved = transform(tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1)),
+                                    tv_tensors.Mask(torch.from_numpy(np.array(instances))),
+                                    tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY",
+                                                             canvas_size=(height, width)))
+    moved = moved.numpy()
+    kept = np.flatnonzero((moved[:, 2] - moved[:, 0] >= MIN_BOX_SIDE) & (moved[:, 3] - moved[:, 1] >= MIN_BOX_SIDE))
+    return pixels.permute(1, 2, 0).numpy(), mask.numpy(), moved[kept], kept
+
+
+def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any], train: bool = False) -> dict[str, np.ndarray]:
+    """Stored scene rows to arrays at the training resolution S = meta["image_size"][0]: image (B, S, S, 3) uint8,
+    letterboxed (train=True: a jittered view, see jittered_scene); semantic (B, S, S) uint8 (class index + 1, 0 =
+    background, CROWD in crowd regions); boxes (B, M, 4) float32 xyxy in pixels, labels (B, M) int64 (class index)
+    and crowd (B, M) bool, padded with -1 (labels, boxes) up to M = meta["max_objects"]; scale (B,) float32, the
+    letterbox factor (original pixels = pixels / scale). Rows whose image cannot be read are skipped and logged."""
+    from raycv.data.annotated import letterbox, letterbox_scale, log_skipped
+
+    side, slots = int(meta["image_size"][0]), int(meta["max_objects"])
+    masks = batch["mask"] if "mask" in batch else [None] * len(batch["image"])
+    row_ids = batch["id"] if "id" in batch else range(len(batch["image"]))
+    images, semantics, scales, skipped = [], [], [], []
     boxes = np.full((len(batch["image"]), slots, 4), -1.0, dtype=np.float32)
     labels = np.full((len(batch["image"]), slots), -1, dtype=np.int64)
-    for row, (image_bytes, mask_bytes, annotations_json) in enumerate(zip(batch["image"], batch["mask"],
-                                                                          batch["annotations"], strict=False)):
-        image = Image.fromarray(decode_image(image_bytes))
-        instances = Image.fromarray(decode_image(mask_bytes, mode="L"))
-        scale_x, scale_y = side / image.width, side / image.height
-        if image.size != (side, side):
-            image = image.resize((side, side), Image.BILINEAR)
-            instances = instances.resize((side, side), Image.NEAREST)
+    crowd = np.zeros((len(batch["image"]), slots), dtype=bool)
+    for image_bytes, mask_bytes, annotations_json, row_id in zip(batch["image"], masks, batch["annotations"],
+                                                                 row_ids, strict=True):
         objects = json.loads(annotations_json)
-        classes = np.zeros(len(objects) + 1, dtype=np.uint8)
-        for index, annotation in enumerate(objects):
-            x, y, w, h = annotation["bbox"]
-            boxes[row, index] = (x * scale_x, y * scale_y, (x + w) * scale_x, (y + h) * scale_y)
-            labels[row, index] = annotation["category_id"] - 1
-            classes[index + 1] = annotation["category_id"]
-        images.append(np.asarray(image))
-        semantics.append(classes[np.asarray(instances)])
-    return {"image": np.stack(images), "semantic": np.stack(semantics), "boxes": boxes, "labels": labels}
+        try:
+            image, instances = scene_arrays(image_bytes, mask_bytes, objects)
+        except ValueError:
+            skipped.append(str(row_id))
+            continue
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in objects)],
+                        dtype=np.float32).reshape(-1, 4)
+        if train:
+            image, instances, xyxy, kept = jittered_scene(image, instances, xyxy, side)
+            scale = 1.0
+        else:
+            scale = letterbox_scale(*image.shape[:2], side)
+            image, instances = letterbox(image, side), letterbox(instances, side, Image.NEAREST, fill=0)
+            xyxy, kept = xyxy * scale, np.arange(len(objects))
+        row = len(images)
+        categories = np.array([0] + [o["category_id"] for o in objects], dtype=np.int64)
+        is_crowd = np.array([False] + [bool(o.get("iscrowd", 0)) for o in objects])
+        boxes[row, :len(kept)] = xyxy
+        labels[row, :len(kept)] = categories[kept + 1] - 1
+        crowd[row, :len(kept)] = is_crowd[kept + 1]
+        images.append(image)
+        semantics.append(np.where(is_crowd, CROWD, categories).astype(np.uint8)[instances])
+        scales.append(scale)
+    log_skipped(skipped)
+    count = len(images)
+    return {"image": np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8),
+            "semantic": np.stack(semantics) if semantics else np.zeros((0, side, side), np.uint8),
+            "boxes": boxes[:count], "labels": labels[:count], "crowd": crowd[:count],
+            "scale": np.array(scales, dtype=np.float32)}
 
 
 class SceneData:
-    """The data half of the Task interface, shared by every task trained on composited scenes
-    (detect, segment): synthesis, the COCO reader and the COCO JSON written beside each split."""
+    """The data half of the Task interface, shared by every task trained on scenes (detect, segment): synthesis,
+    users' COCO and YOLO sets, the letterbox at the training resolution, and the COCO JSON beside each split."""
 
     synth_defaults = SCENE_DEFAULTS
 
@@ -306,18 +369,65 @@ class SceneData:
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         return composite_scene(rng, params)
 
-    def read(self, path: str, cfg: TrainConfig | None = None):
-        from raycv.data import coco
+    def check_data(self, path: str, cfg: TrainConfig) -> None:
+        list_annotated(path)
 
-        if not coco.is_coco(path):
-            raise RaycvError(f"{path} is neither a raycv scene dataset (no manifest.json) nor a COCO dataset "
-                             "(annotations/train.json and annotations/val.json)")
-        return coco.read_coco(path)
+    def read(self, path: str, cfg: TrainConfig | None = None):
+        from raycv.data.annotated import read_annotated
+
+        listed = list_annotated(path)
+        return read_annotated(listed), listed.meta()
+
+    def training_meta(self, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+        """Users' photos train at --image-size (the letterboxed long side; USER_IMAGE_SIZE by default),
+        raycv's scenes at their own size unless --image-size says otherwise."""
+        option = cfg.extra.get("image_size", "auto")
+        if option == "auto":
+            side = int(meta["image_size"][0]) if "image_size" in meta else USER_IMAGE_SIZE
+        else:
+            side = int(option)
+        return {**meta, "image_size": [side, side]}
+
+    def augments_rows(self, meta: dict[str, Any]) -> bool:
+        return meta.get("format") in USER_FORMATS
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return decode_scenes(batch, meta)
 
-    def export_split(self, dataset_dir: str, split: str, meta: dict[str, Any]) -> None:
-        from raycv.data import coco
+    def decode_train(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        return decode_scenes(batch, meta, train=self.augments_rows(meta))
 
+    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]):
+        """Request images letterboxed to the training resolution, as validation saw its photos."""
+        import torch
+
+        from raycv.data.annotated import letterbox
+        from raycv.data.images import to_model_input
+
+        side = int(meta["image_size"][0])
+        return to_model_input(torch.from_numpy(np.stack([letterbox(image, side) for image in images])))
+
+    def export_split(self, dataset_dir: str, split: str, meta: dict[str, Any]) -> None:
         coco.write_split_annotations(dataset_dir, split, meta)
+
+
+# The training resolution of users' photos by default: the long side, letterboxed. 320 rather than the 640 of
+# detectors trained on GPUs: a quarter of the pixels, so about four times the photos per second on a CPU, and
+# objects of a tenth of a photo's side still span 32 pixels, eight cells of the detector's stride-4 output.
+USER_IMAGE_SIZE = 320
+USER_FORMATS = ("coco", "yolo")
+
+
+@lru_cache(maxsize=2)  # check_data lists a set before Ray starts, read lists it again: parse a large JSON once
+def list_annotated(path: str):
+    """The COCO or YOLO set at `path`, listed and checked (raycv/data/annotated.py), or a RaycvError saying
+    what was looked for."""
+    from raycv.data import yolo
+
+    if coco.is_coco(path):
+        return coco.list_coco(path)
+    if yolo.find_yaml(path):
+        return yolo.list_yolo(path)
+    raise RaycvError(f"{path} is neither a raycv scene dataset (no manifest.json), nor a COCO set "
+                     "(annotations/instances_train2017.json and instances_val2017.json, or train.json and val.json), "
+                     "nor a YOLO set (data.yaml)")

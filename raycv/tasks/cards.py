@@ -63,6 +63,17 @@ class TaskCard:
         return self.config.replace(extra={**defaults, **self.config.extra})
 
 
+# detect and segment read the same scenes: raycv's own, and users' COCO and YOLO sets of any image size.
+SCENE_OPTIONS = {
+    "image_size": ("auto", "training resolution: the long side in pixels, each photo letterboxed to a square of it "
+                           "(auto: a raycv scene set's own size, 320 for COCO and YOLO sets); a multiple of 32"),
+}
+SCENE_OPTION_CHECKS = {
+    "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 32 <= int(value) <= 4096
+                                                     and int(value) % 32 == 0),
+                   "auto or a multiple of 32 from 32 to 4096"),
+}
+
 CARDS: dict[str, TaskCard] = {card.name: card for card in [
     TaskCard(
         "captcha", "fixed-length captcha reading (multi-head classifier)",
@@ -113,6 +124,8 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         TrainConfig(model="resnet18", width=0.25, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
                     weight_decay=0.05, workers=2),
         ("resnet18", "resnet10"),
+        train_options=dict(SCENE_OPTIONS),
+        option_checks=dict(SCENE_OPTION_CHECKS),
         synth_sizes={"train": 8000, "val": 500}),
     TaskCard(
         "boxreg", "one box per image by regression (IoU metric)",
@@ -127,6 +140,8 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
                     optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2),
         ("unet_resnet18",),
+        train_options=dict(SCENE_OPTIONS),
+        option_checks=dict(SCENE_OPTION_CHECKS),
         synth_sizes={"train": 6000, "val": 500}),
     TaskCard(
         "superres", "x2/x4 super-resolution (PSNR/SSIM against bicubic)",

@@ -30,6 +30,7 @@ from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
 from raycv.config import TrainConfig
+from raycv.data.annotated import letterbox_scale
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, to_model_input
 from raycv.data.scenes import SceneData
 from raycv.errors import RaycvError
@@ -130,20 +131,40 @@ def distances_to_boxes(distances: torch.Tensor) -> torch.Tensor:
                         grid_x + distances[:, 2], grid_y + distances[:, 3]], dim=-1)
 
 
-def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, object_count: torch.Tensor) -> torch.Tensor:
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, object_count: torch.Tensor,
+                       ignored: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's focal loss: centres are positives; other cells are negatives whose penalty shrinks
-    by (1 - target)^4 near a centre. Summed, divided by the number of objects."""
+    by (1 - target)^4 near a centre. Summed, divided by the number of objects. Cells `ignored` (B, h, w)
+    are no negatives: crowd regions, where a detection is neither right nor wrong."""
     logits = logits.float()
     probability = logits.sigmoid()
     positive = target >= 1.0
     positive_loss = -nn.functional.logsigmoid(logits) * (1 - probability) ** 2
     negative_loss = -nn.functional.logsigmoid(-logits) * probability ** 2 * (1 - target) ** 4
+    if ignored is not None:
+        negative_loss = negative_loss * ~ignored[:, None]
     return torch.where(positive, positive_loss, negative_loss).sum() / object_count.clamp(min=1)
 
 
-def detection_loss(outputs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def cells_inside(boxes: torch.Tensor, chosen: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, h, w): the stride-4 cells whose centre lies inside any of the boxes (B, M, 4) where `chosen` (B, M)."""
+    xs, ys = cell_centers(height, width, boxes.device)
+    x, y = xs[None, None, None, :], ys[None, None, :, None]
+    edges = boxes[..., None, None]  # B, M, 4, 1, 1
+    inside = (x >= edges[:, :, 0]) & (x < edges[:, :, 2]) & (y >= edges[:, :, 1]) & (y < edges[:, :, 3])
+    return (inside & chosen[..., None, None]).any(dim=1)
+
+
+def detection_loss(outputs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   crowd: torch.Tensor | None = None) -> torch.Tensor:
+    """Crowd boxes (`crowd`, B x M) are no objects to find, and their regions no background: pycocotools
+    ignores detections there, so the loss does too."""
+    ignored = None
+    if crowd is not None and bool(crowd.any()):
+        ignored = cells_inside(boxes.float(), crowd & (labels >= 0), outputs.shape[2], outputs.shape[3])
+        labels = labels.masked_fill(crowd, -1)
     targets = encode_targets(boxes, labels, num_classes, outputs.shape[2], outputs.shape[3])
-    heat_loss = heatmap_focal_loss(outputs[:, :num_classes], targets.heatmap, targets.object_count)
+    heat_loss = heatmap_focal_loss(outputs[:, :num_classes], targets.heatmap, targets.object_count, ignored)
     cells = targets.box_weight > 0
     predicted = distances_to_boxes(predicted_distances(outputs, num_classes))[cells]
     wanted = distances_to_boxes(targets.distances)[cells]
@@ -234,7 +255,7 @@ class DetectTask(SceneData, Task):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         outputs = model(to_model_input(batch["image"]))
-        return detection_loss(outputs, batch["boxes"], batch["labels"], outputs.shape[1] - 4)
+        return detection_loss(outputs, batch["boxes"], batch["labels"], outputs.shape[1] - 4, batch.get("crowd"))
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
@@ -245,12 +266,18 @@ class DetectTask(SceneData, Task):
         mean_loss = torchmetrics.MeanMetric().to(device)
         for batch in batches:
             outputs = model(to_model_input(batch["image"])).float()
-            mean_loss.update(detection_loss(outputs, batch["boxes"], batch["labels"], num_classes),
+            mean_loss.update(detection_loss(outputs, batch["boxes"], batch["labels"], num_classes, batch.get("crowd")),
                              weight=len(outputs))
-            predictions = [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
-                           for d in decode_detections(outputs, num_classes, EVAL_MIN_SCORE)]
-            truths = [{"boxes": boxes[labels >= 0].float(), "labels": labels[labels >= 0]}
-                      for boxes, labels in zip(batch["boxes"], batch["labels"], strict=False)]
+            # Scored in the photos' own pixels (the letterbox undone), as pycocotools scores the set's JSON.
+            scales = batch["scale"] if "scale" in batch else torch.ones(len(outputs), device=device)
+            crowds = batch["crowd"] if "crowd" in batch else torch.zeros_like(batch["labels"], dtype=torch.bool)
+            predictions = [{"boxes": d.boxes / scale, "scores": d.scores, "labels": d.labels}
+                           for d, scale in zip(decode_detections(outputs, num_classes, EVAL_MIN_SCORE), scales,
+                                               strict=True)]
+            truths = [{"boxes": boxes[labels >= 0].float() / scale, "labels": labels[labels >= 0],
+                       "iscrowd": crowd[labels >= 0].long()}
+                      for boxes, labels, crowd, scale in zip(batch["boxes"], batch["labels"], crowds, scales,
+                                                             strict=True)]
             average_precision.update(predictions, truths)
         with quiet_pycocotools():
             scores = average_precision.compute()
@@ -259,13 +286,14 @@ class DetectTask(SceneData, Task):
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
                     min_score: float = SERVE_MIN_SCORE) -> list[list[dict[str, Any]]]:
-        input_height, input_width = meta["image_size"]
+        side = int(meta["image_size"][0])
         answers = []
         for detections, (height, width) in zip(decode_detections(outputs, len(meta["classes"]), min_score), sizes,
                                                strict=False):
-            scale = torch.tensor([width / input_width, height / input_height] * 2, device=detections.boxes.device)
+            # The letterbox undone: boxes in the caller's pixels.
+            scale = letterbox_scale(height, width, side)
             limits = torch.tensor([width, height] * 2, device=detections.boxes.device)
-            boxes = torch.minimum((detections.boxes * scale).clamp(min=0), limits)
+            boxes = torch.minimum((detections.boxes / scale).clamp(min=0), limits)
             # One device-to-host copy per tensor, not one per number (each float() on a GPU tensor syncs).
             rows = zip(boxes.tolist(), detections.scores.tolist(), detections.labels.tolist(), strict=True)
             answers.append([{"box": [round(v, 2) for v in box], "class": meta["classes"][label], "index": label,

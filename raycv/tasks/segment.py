@@ -31,7 +31,8 @@ from torch import nn
 
 from raycv.config import TrainConfig
 from raycv.data.images import decode_image, encode_png, to_model_input
-from raycv.data.scenes import SceneData
+from raycv.data.annotated import unletterbox_mask
+from raycv.data.scenes import CROWD, SceneData
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.unet import INPUT_MULTIPLE, UNet
@@ -59,14 +60,18 @@ def class_weights(num_outputs: int, device: torch.device) -> torch.Tensor:
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, target, weight=class_weights(logits.shape[1], logits.device))
+    """Crowd regions (CROWD) are left out, as pycocotools leaves detections on them out."""
+    return nn.functional.cross_entropy(logits, target, weight=class_weights(logits.shape[1], logits.device),
+                                       ignore_index=CROWD)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     """1 - mean soft Dice of the object classes over the whole batch. Dice scores each class by its
     overlap whatever its pixel count, so a rare class weighs as much as a common one."""
-    probabilities = logits.softmax(dim=1)[:, 1:]
-    one_hot = nn.functional.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probabilities.dtype)
+    counted = (target != CROWD)[:, None]
+    probabilities = logits.softmax(dim=1)[:, 1:] * counted
+    one_hot = nn.functional.one_hot(target.masked_fill(~counted[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:]
+    one_hot = one_hot.to(probabilities.dtype)
     intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
     total = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
     return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
@@ -91,14 +96,6 @@ def scores_from_confusion(confusion: torch.Tensor) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------
 # Masks in and out.
 # ---------------------------------------------------------------------------------------------------
-
-
-def resize_image(image: np.ndarray, side: int) -> np.ndarray:
-    """PIL bilinear, the resize the scene decoder applies to stored images, so served and trained
-    inputs of the same picture are the same pixels."""
-    if image.shape[:2] == (side, side):
-        return image
-    return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
 def mask_polygons(class_map: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
@@ -266,7 +263,7 @@ class SegmentTask(SceneData, Task):
                  meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
         outputs = len(meta["classes"]) + 1
-        confusion = torchmetrics.classification.MulticlassConfusionMatrix(outputs).to(device)
+        confusion = torchmetrics.classification.MulticlassConfusionMatrix(outputs, ignore_index=CROWD).to(device)
         mean_loss = torchmetrics.MeanMetric().to(device)
         for batch in batches:
             logits = model(to_model_input(batch["image"])).float()
@@ -275,10 +272,6 @@ class SegmentTask(SceneData, Task):
             mean_loss.update(weighted_cross_entropy(logits, target), weight=len(logits))
         return {**scores_from_confusion(confusion.compute()), "loss": float(mean_loss.compute())}
 
-    def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        side = int(meta["image_size"][0])
-        return to_model_input(torch.from_numpy(np.stack([resize_image(image, side) for image in images])))
-
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: the class map at the image's own size as a base64 PNG (pixel value i is
@@ -286,7 +279,7 @@ class SegmentTask(SceneData, Task):
         class_maps = outputs.argmax(dim=1).to(torch.uint8).cpu().numpy()
         answers = []
         for class_map, (height, width) in zip(class_maps, sizes, strict=False):
-            class_map = cv2.resize(class_map, (int(width), int(height)), interpolation=cv2.INTER_NEAREST_EXACT)
+            class_map = unletterbox_mask(class_map, int(height), int(width))
             answers.append({"mask_png": base64.b64encode(encode_png(class_map)).decode("ascii"),
                             "classes": ["background", *meta["classes"]],
                             "polygons": mask_polygons(class_map, meta["classes"])})

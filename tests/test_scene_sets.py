@@ -1,0 +1,248 @@
+"""Users' detection and segmentation sets: COCO as distributed, YOLO folders and raycv's own scenes read to the same
+rows; photos of any size letterboxed and answered in their own pixels; crowd regions; the results JSON; bad sets."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raycv.data import coco, yolo
+from raycv.data.images import decode_image
+from raycv.data.scenes import CROWD, SCENE_DEFAULTS, composite_scene, decode_scenes
+from raycv.errors import RaycvError
+from raycv.synth import sample_generator
+from raycv.tasks import get_task
+from raycv.tasks.detect import detection_loss
+
+from test_detect import Replay, perfect_outputs
+
+DETECT = get_task("detect")
+PARAMS = {**SCENE_DEFAULTS, "image_size": 96, "classes": "sun,star,ring", "max_objects": 3}
+
+
+def scene_rows(count, seed):
+    return [{"id": index, **composite_scene(sample_generator(seed, "train", index), PARAMS)} for index in range(count)]
+
+
+def as_batch(rows, keys=("id", "image", "mask", "annotations")):
+    return {key: np.array([row[key] for row in rows], dtype=object if key != "id" else np.int64)
+            for key in keys if key in rows[0]}
+
+
+def write_coco_2017(root, rows_by_split, classes, category_ids):
+    """The COCO 2017 layout, with non-contiguous category ids and, for one image, a file name in a sub-folder."""
+    os.makedirs(root / "annotations")
+    for split, rows in rows_by_split.items():
+        images, annotations = [], []
+        for row in rows:
+            name = f"{row['id'] + 1000:012d}.png" if row["id"] else f"nested/{row['id'] + 1000:012d}.png"
+            os.makedirs((root / f"{split}2017" / name).parent, exist_ok=True)
+            (root / f"{split}2017" / name).write_bytes(row["image"])
+            height, width = decode_image(row["image"]).shape[:2]
+            images.append({"id": row["id"] + 1000, "file_name": name, "width": width, "height": height})
+            for annotation in json.loads(row["annotations"]):
+                annotations.append({**annotation, "id": len(annotations) + 1, "image_id": row["id"] + 1000,
+                                    "category_id": category_ids[annotation["category_id"] - 1]})
+        categories = [{"id": ident, "name": name} for ident, name in zip(category_ids, classes, strict=True)]
+        (root / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def write_yolo(root, rows_by_split, classes):
+    for split, rows in rows_by_split.items():
+        for row in rows:
+            os.makedirs(root / "images" / split, exist_ok=True)
+            os.makedirs(root / "labels" / split, exist_ok=True)
+            (root / "images" / split / f"{row['id']}.png").write_bytes(row["image"])
+            height, width = decode_image(row["image"]).shape[:2]
+            objects = json.loads(row["annotations"])
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in objects)]
+            (root / "labels" / split / f"{row['id']}.txt").write_text(
+                yolo.label_lines(boxes, [o["category_id"] - 1 for o in objects], (height, width)))
+    (root / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames: {json.dumps(classes)}\n")
+
+
+def read_decoded(path, side):
+    cfg = DETECT.default_config()
+    DETECT.check_data(str(path), cfg)
+    splits, meta = DETECT.read(str(path), cfg)
+    meta = DETECT.training_meta({**meta}, cfg.replace(extra={**cfg.extra, "image_size": str(side)}))
+    rows = sorted(splits["val"].take_all(), key=lambda row: row["id"])
+    return decode_scenes(as_batch(rows), meta), meta
+
+
+def test_coco_2017_yolo_and_raycv_layouts_read_to_the_same_rows(ray_session, tmp_path):
+    rows = {"train": scene_rows(3, seed=1), "val": scene_rows(4, seed=2)}
+    classes = ["sun", "star", "ring"]
+    write_coco_2017(tmp_path / "coco", rows, classes, category_ids=[3, 7, 90])
+    write_yolo(tmp_path / "yolo", rows, classes)
+    own = decode_scenes(as_batch(rows["val"]), {**DETECT.dataset_meta(PARAMS), "image_size": [96, 96]})
+
+    from_coco, coco_meta = read_decoded(tmp_path / "coco", 96)
+    from_yolo, yolo_meta = read_decoded(tmp_path / "yolo", 96)
+    assert coco_meta["classes"] == yolo_meta["classes"] == classes and coco_meta["category_ids"] == [3, 7, 90]
+    assert (coco_meta["format"], yolo_meta["format"], yolo_meta["files"]) == ("coco", "yolo", {"train": 3, "val": 4})
+    for read in (from_coco, from_yolo):
+        assert np.array_equal(read["image"], own["image"])
+        assert np.array_equal(read["labels"], own["labels"])
+        np.testing.assert_allclose(read["boxes"], own["boxes"], atol=1e-3)  # YOLO keeps 6 decimals of a fraction
+        assert not read["crowd"].any() and np.allclose(read["scale"], 1.0)
+    assert np.array_equal(from_coco["semantic"], own["semantic"])  # COCO keeps the masks (RLE); YOLO boxes only
+
+
+def write_photo(path, height, width, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def photo_set(root, boxes_by_image, crowd=()):
+    """A COCO set of JPEG photos of several shapes in ROOT/images/, one split used as both train and val."""
+    os.makedirs(root / "annotations")
+    os.makedirs(root / "images")
+    images, annotations = [], []
+    for image_id, ((height, width), boxes) in enumerate(boxes_by_image, start=1):
+        write_photo(root / "images" / f"{image_id}.jpg", height, width, image_id)
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": width, "height": height})
+        for index, (x1, y1, x2, y2, category) in enumerate(boxes):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": int((image_id, index) in crowd)})
+    document = {"images": images, "annotations": annotations,
+                "categories": [{"id": 1, "name": "coin"}, {"id": 2, "name": "leaf"}]}
+    for split in ("train", "val"):
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
+    return document
+
+
+PHOTO_BOXES = [((300, 500), [(40, 30, 200, 150, 1), (300, 100, 480, 290, 2)]),
+               ((480, 240), [(10, 300, 120, 460, 2)]),
+               ((256, 256), [(64, 64, 192, 160, 1)])]
+
+
+def test_letterboxed_ground_truth_maps_back_within_a_pixel_and_scores_1_in_pycocotools(ray_session, tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    document = photo_set(tmp_path / "photos", PHOTO_BOXES)
+    decoded, meta = read_decoded(tmp_path / "photos", 128)
+    assert decoded["image"].shape == (3, 128, 128, 3)
+    # The 300x500 photo: scaled by 128/500, padded below with YOLO's grey
+    assert decoded["scale"][0] == pytest.approx(128 / 500) and (decoded["image"][0, 80:] == 114).all()
+    batch = {key: torch.from_numpy(value) for key, value in decoded.items()}
+    outputs = perfect_outputs(batch, meta, 32, 32)
+    sizes = [(image["height"], image["width"]) for image in document["images"]]
+    answers = DETECT.postprocess(outputs, meta, sizes, min_score=0.5)
+    for answer, (_, boxes) in zip(answers, PHOTO_BOXES, strict=True):
+        got = sorted((round(a["index"]), *a["box"]) for a in answer)
+        want = sorted((category - 1, x1, y1, x2, y2) for x1, y1, x2, y2, category in boxes)
+        np.testing.assert_allclose(np.array(got), np.array(want, dtype=float), atol=1.0)
+
+    results = coco.results_document([image["id"] for image in document["images"]], answers, meta["category_ids"])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    truth = COCO(str(tmp_path / "photos" / "annotations" / "instances_val.json"))
+    evaluation = COCOeval(truth, truth.loadRes(str(tmp_path / "results.json")), "bbox")
+    evaluation.evaluate(), evaluation.accumulate(), evaluation.summarize()
+    assert evaluation.stats[1] == pytest.approx(1.0)  # mAP@0.5
+    assert evaluation.stats[0] > 0.9  # mAP@[.5:.95]: boxes within a pixel of the truth, in the photos' pixels
+    scores = DETECT.evaluate(Replay(outputs), [batch], meta)
+    assert scores["map50"] == pytest.approx(1.0) and scores["map"] == pytest.approx(evaluation.stats[0], abs=0.02)
+
+
+def test_crowd_regions_are_ignored_in_training_and_evaluation(ray_session, tmp_path):
+    boxes = [((256, 256), [(20, 20, 100, 100, 1), (140, 140, 240, 240, 2)])]
+    photo_set(tmp_path / "crowd", boxes, crowd={(1, 1)})
+    decoded, meta = read_decoded(tmp_path / "crowd", 256)
+    batch = {key: torch.from_numpy(value) for key, value in decoded.items()}
+    assert batch["crowd"][0].tolist()[:2] == [False, True]
+    assert (batch["semantic"][0, 150:230, 150:230] == CROWD).all()
+    # A model that finds the object, and two objects inside the crowd region: pycocotools takes no detection on a
+    # crowd region for a false positive, nor the region for a missed object...
+    found = {"boxes": torch.tensor([[[20.0, 20, 100, 100], [150, 150, 190, 190], [195, 195, 235, 235]]]),
+             "labels": torch.tensor([[0, 1, 1]])}
+    outputs = perfect_outputs(found, meta, 64, 64)
+    assert DETECT.evaluate(Replay(outputs), [batch], meta)["map"] == pytest.approx(1.0)
+    not_crowd = {**batch, "crowd": torch.zeros_like(batch["crowd"])}
+    assert DETECT.evaluate(Replay(outputs), [not_crowd], meta)["map"] < 0.6  # as a plain object: missed, and two FPs
+    # ...and in training, the peaks on the crowd region cost nothing: the loss is that of the object alone.
+    only_object = perfect_outputs({**batch, "labels": batch["labels"].masked_fill(batch["crowd"], -1)}, meta, 64, 64)
+    loss = [float(detection_loss(model_outputs, batch["boxes"], batch["labels"], 2, batch["crowd"]))
+            for model_outputs in (outputs, only_object)]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-3, abs=1e-3)
+    assert float(detection_loss(only_object, batch["boxes"], batch["labels"], 2)) > loss[1] + 5  # a missed object
+
+
+def test_training_views_keep_boxes_and_masks_on_their_objects(tmp_path):
+    rows = scene_rows(6, seed=3)
+    meta = {**DETECT.dataset_meta(PARAMS), "image_size": [64, 64], "format": "coco"}
+    batch = as_batch(rows, keys=("id", "image", "annotations"))  # as users' rows: masks from the annotations
+    torch.manual_seed(0)
+    views = DETECT.decode_train(batch, meta)
+    assert views["image"].shape == (6, 64, 64, 3)
+    for semantic, boxes, labels in zip(views["semantic"], views["boxes"], views["labels"], strict=True):
+        for box, label in zip(boxes, labels, strict=True):
+            if label < 0:
+                continue
+            x1, y1, x2, y2 = np.floor(box).astype(int)
+            assert (semantic[y1:y2 + 1, x1:x2 + 1] == label + 1).any()  # the object's pixels are inside its box
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("missing_image", "names image '2.jpg', which is not in"),
+    ("box_outside", "box [200, 10, 100, 50] lies outside its image 1.jpg (256x256)"),
+    ("unknown_category", "has category_id 5, not among the categories [1, 2]"),
+    ("empty_file", "instances_train.json lists no images"),
+    ("yolo_four_numbers", "labels/train/0.txt line 2: 4 numbers"),
+    ("yolo_no_names", "data.yaml has no names"),
+])
+def test_bad_sets_are_one_line_naming_the_file_before_ray_starts(case, expected, tmp_path, monkeypatch, capsys):
+    import raycv.runtime
+    from raycv.cli import main
+
+    def no_ray(**_):
+        raise AssertionError("Ray was started before the bad input was found")
+
+    monkeypatch.setattr(raycv.runtime, "init_ray", no_ray)
+    root = tmp_path / "set"
+    if case.startswith("yolo"):
+        rows = {"train": scene_rows(1, seed=1), "val": scene_rows(1, seed=2)}
+        write_yolo(root, rows, ["sun", "star", "ring"])
+        if case == "yolo_four_numbers":
+            label = root / "labels" / "train" / "0.txt"
+            label.write_text("0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n")
+        else:
+            (root / "data.yaml").write_text("train: images/train\nval: images/val\n")
+    else:
+        document = photo_set(root, [((256, 256), [(10, 10, 60, 60, 1)]), ((128, 192), [(5, 5, 50, 50, 2)])])
+        if case == "missing_image":
+            (root / "images" / "2.jpg").unlink()
+        elif case == "box_outside":
+            document["annotations"][0]["bbox"] = [200, 10, 100, 50]
+        elif case == "unknown_category":
+            document["annotations"][1]["category_id"] = 5
+        elif case == "empty_file":
+            document = {"images": [], "annotations": [], "categories": document["categories"]}
+        if case != "missing_image":
+            (root / "annotations" / "instances_train.json").write_text(json.dumps(document))
+    code = main(["detect", "train", "--data", str(root), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("raycv: error:"), err
+
+
+def test_yolo_reader_takes_polygons_and_lists_and_refuses_unknown_classes(tmp_path):
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("1 0.1 0.1 0.5 0.1 0.5 0.6 0.1 0.6\n0 0.5 0.5 1.0 1.0\n")
+    objects = yolo.read_labels(str(tmp_path / "labels" / "a.txt"), 2)
+    assert objects[0]["category_id"] == 2 and objects[0]["bbox"] == pytest.approx([0.1, 0.1, 0.4, 0.5])
+    assert objects[0]["segmentation"] == [[0.1, 0.1, 0.5, 0.1, 0.5, 0.6, 0.1, 0.6]]
+    assert objects[1]["bbox"] == pytest.approx([0.0, 0.0, 1.0, 1.0]) and "segmentation" not in objects[1]
+    (tmp_path / "labels" / "b.txt").write_text("2 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(RaycvError, match=r"b.txt line 1: class 2 is not among the 2 names"):
+        yolo.read_labels(str(tmp_path / "labels" / "b.txt"), 2)
+    (tmp_path / "labels" / "c.txt").write_text("0 0.95 0.5 0.2 0.1\n")
+    with pytest.raises(RaycvError, match=r"c.txt line 1: the object lies outside its image"):
+        yolo.read_labels(str(tmp_path / "labels" / "c.txt"), 2)
+    assert yolo.label_file("/d/images/train/x/1.jpg") == "/d/labels/train/x/1.txt"
