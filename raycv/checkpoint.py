@@ -96,14 +96,20 @@ def read_pretrained(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+# The names torchvision's classification networks give their classifier.
+CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads")
+
+
 def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str | None, path: str) -> list[str]:
     """Load `state` into `model`, which may wrap the network the weights were saved from (raycv's
     models hold their network as a submodule, torchvision's files are of the bare network). Layers under
     `head` (the output layer, whose size follows the class count) keep their fresh weights when the
-    shapes differ; any other missing layer or shape difference is an error naming it. Returns the names
-    of the parameters left fresh."""
+    shapes differ; any other missing layer or shape difference is an error naming it. The weights may
+    also be of a network the model uses as its backbone (a torchvision classifier's, under detect's
+    detector): they load into that part, their classifier is left out, and the rest of the model stays
+    fresh. Returns the names of the parameters left fresh."""
     own = model.state_dict()
-    prefixes = [""] + [f"{name}." for name, _ in model.named_children()]
+    prefixes = [""] + [f"{name}." for name, _ in model.named_modules() if name]
     prefix = max(prefixes, key=lambda p: sum(f"{p}{key}" in own for key in state))
     if not any(f"{prefix}{key}" in own for key in state):
         raise RaycvError(f"pretrained file {path} matches none of the model's layers (the file has "
@@ -128,6 +134,12 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str 
             raise RaycvError(f"pretrained file {path} does not fit layer {key}: the file's shape "
                              f"{tuple(renamed[key].shape)}, the model's {tuple(value.shape)}")
     unexpected = sorted(set(renamed) - set(own))
+    leftover_classifier = [key for key in unexpected if key[len(prefix):].split(".", 1)[0] in CLASSIFIER_NAMES]
+    if prefix and len(leftover_classifier) == len(unexpected):
+        # A classification network's weights loaded into a backbone (detect's torchvision backbones): the
+        # classifier has no place there.
+        unexpected = []
+        renamed = {key: value for key, value in renamed.items() if key in own}
     if unexpected:
         raise RaycvError(f"pretrained file {path} has layers the model lacks, e.g. {unexpected[0]}; is it of "
                          "another architecture?")

@@ -290,7 +290,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> No
     source.add_argument("--checkpoint", help="run the model in this process (or, with --folder, on Ray)")
     source.add_argument("--url", help="a running `raycv serve` app, e.g. http://127.0.0.1:8000")
     parser.add_argument("--folder", help="predict every image under this folder with Ray Data (needs --checkpoint)")
-    parser.add_argument("--out", help="with --folder: predictions file, .csv or .json (default: print)")
+    parser.add_argument("--out", help="with --folder: predictions file, .csv or .json lines (default: print); detect "
+                                      "and segment: a .json file in COCO's results format, or a folder of YOLO "
+                                      "label files (detect) or PNG masks (segment)")
     parser.add_argument("--concurrency", type=int, default=2, help="with --folder: model replicas (actors)")
     parser.add_argument("--batch-size", type=int, default=64, help="with --folder: images per model call")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="with --folder: CPUs per model actor")

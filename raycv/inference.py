@@ -89,17 +89,20 @@ class FolderPredictor:
         self.image_mode = self.loaded.task.image_mode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, errors = [], []
+        images, errors, sizes = [], [], []
         for data in batch["bytes"]:
             try:
                 images.append(decode_image(data, mode=self.image_mode))
                 errors.append("")
+                sizes.append(images[-1].shape[:2])
             except ValueError as error:  # one unreadable file must not fail the whole folder
                 errors.append(str(error))
+                sizes.append((0, 0))
         answers = iter(predict(self.loaded, images) if images else [])
         predictions = ["" if problem else json.dumps(next(answers)) for problem in errors]
         return {"path": batch["path"], "prediction": np.array(predictions, dtype=object),
-                "error": np.array(errors, dtype=object)}
+                "error": np.array(errors, dtype=object), "height": np.array([size[0] for size in sizes]),
+                "width": np.array([size[1] for size in sizes])}
 
 
 def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name: str | None = None,
@@ -114,30 +117,42 @@ def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name
 
     from raycv.data.formats import IMAGE_EXTENSIONS
 
-    if out is not None and not out.endswith((".csv", ".json")):
+    loaded = checkpoint.load_model(checkpoint_path, task_name)  # fail fast, here, on a wrong checkpoint
+    writer = loaded.task.prediction_writer(out, loaded.dataset_meta) if out else None
+    if out is not None and writer is None and not out.endswith((".csv", ".json")):
         raise RaycvError(f"--out {out}: expected a .csv or .json file name")
     if not storage.is_dir(folder):
         raise RaycvError(f"image folder not found: {folder}")
-    checkpoint.load_model(checkpoint_path, task_name)  # fail fast, here, on a wrong checkpoint
     started = time.perf_counter()
+    inside = storage.resolve(storage.absolute(folder))[1].rstrip("/") + "/"
     dataset = ray.data.read_binary_files(storage.absolute(folder), include_paths=True, file_extensions=[
         extension.lstrip(".") for extension in IMAGE_EXTENSIONS]).map_batches(
         FolderPredictor, fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "task_name": task_name},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), batch_size=batch_size,
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     count = failed = 0
-    with (open(out, "w", newline="") if out else nullcontext(sys.stdout)) as stream:
-        writer = csv.writer(stream) if out and out.endswith(".csv") else None
-        if writer:
-            writer.writerow(["path", "prediction", "error"])
+    if writer is not None:  # the task's own format (COCO results, YOLO labels, PNG masks)
         for row in dataset.iter_rows():
             count += 1
             failed += bool(row["error"])
-            if writer:
-                writer.writerow([row["path"], row["prediction"], row["error"]])
-            else:
-                stream.write(json.dumps({"path": row["path"], "prediction": json.loads(row["prediction"] or "null"),
-                                         "error": row["error"] or None}) + "\n")
+            if not row["error"]:
+                writer.add(str(row["path"]).removeprefix(inside), (int(row["height"]), int(row["width"])),
+                           json.loads(row["prediction"]))
+        written = writer.close()
+    else:
+        with (open(out, "w", newline="") if out else nullcontext(sys.stdout)) as stream:
+            written = "csv" if out and out.endswith(".csv") else "json lines"
+            csv_writer = csv.writer(stream) if written == "csv" else None
+            if csv_writer:
+                csv_writer.writerow(["path", "prediction", "error"])
+            for row in dataset.iter_rows():
+                count += 1
+                failed += bool(row["error"])
+                if csv_writer:
+                    csv_writer.writerow([row["path"], row["prediction"], row["error"]])
+                else:
+                    stream.write(json.dumps({"path": row["path"], "prediction": json.loads(row["prediction"] or "null"),
+                                             "error": row["error"] or None}) + "\n")
     seconds = time.perf_counter() - started
     return {"images": count, "failed": failed, "seconds": round(seconds, 2),
-            "images_per_s": round(count / seconds, 1), "out": out}
+            "images_per_s": round(count / seconds, 1), "out": out, "written": written}

@@ -62,6 +62,13 @@ def write_split_annotations(dataset_dir: str, split: str, meta: dict[str, Any]) 
     return path
 
 
+def image_id_of(relative_path: str) -> int | str:
+    """The image id a results entry gives a file: its name's number when the name is one (COCO's own files,
+    000000397133.jpg, are their ids), else its path under the folder."""
+    stem = relative_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return int(stem) if stem.isdigit() else relative_path
+
+
 def results_document(image_ids: list[Any], answers: list[list[dict[str, Any]]],
                      category_ids: list[int]) -> list[dict[str, Any]]:
     """COCO's results format (what pycocotools' loadRes reads) for detect's answers: one entry per box, [x, y,

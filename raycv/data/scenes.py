@@ -357,6 +357,20 @@ def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any], train: boo
             "scale": np.array(scales, dtype=np.float32)}
 
 
+def output_kind(out: str) -> str | None:
+    """What a folder prediction's --out names: "json" (a .json file), "folder" (a path without a file suffix, or
+    ending in /), or None (another file type, left to the generic writers)."""
+    name = out.rstrip("/").rsplit("/", 1)[-1]
+    if out.lower().endswith(".json"):
+        return "json"
+    return "folder" if out.endswith("/") or "." not in name else None
+
+
+def category_ids(meta: dict[str, Any]) -> list[int]:
+    """The set's own id of each class (a COCO set's may skip numbers); 1..K for raycv's scenes."""
+    return meta.get("category_ids") or list(range(1, len(meta["classes"]) + 1))
+
+
 class SceneData:
     """The data half of the Task interface, shared by every task trained on scenes (detect, segment): synthesis,
     users' COCO and YOLO sets, the letterbox at the training resolution, and the COCO JSON beside each split."""

@@ -22,6 +22,7 @@ OUTPUT_STRIDE = 4
 # Heatmap logits start at sigmoid^-1(0.01): almost every cell is background, and starting there keeps
 # the focal loss of the first steps from being dominated by easy negatives (RetinaNet's prior).
 HEATMAP_PRIOR = 0.01
+NECK_MAX = 128
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -33,17 +34,26 @@ class CenterDetector(nn.Module):
     """Input (B, 3, H, W) with H and W divisible by 32; output (B, num_classes + 4, H/4, W/4): heatmap
     logits, then the raw (log-scale) left/top/right/bottom distances from each cell's centre."""
 
-    def __init__(self, num_classes: int, blocks: tuple[int, ...] = (2, 2, 2, 2), width: float = 0.5):
+    def __init__(self, num_classes: int, blocks: tuple[int, ...] = (2, 2, 2, 2), width: float = 0.5,
+                 backbone: nn.Module | None = None):
+        """`backbone`: a module whose forward gives the feature maps at strides 4, 8, 16 and 32 and whose
+        `channels` lists their widths (raycv.models.zoo.ZooBackbone); without one, the CIFAR ResNet's stages of
+        `blocks` at `width`."""
         super().__init__()
-        # The CIFAR ResNet's stages at strides 4..32: a strided stem in place of its stride-1 one,
-        # because full-resolution stages would cost 16x the compute for no gain on objects this large.
-        stages = CifarResNet(blocks, width=width).stages
-        channels = [stage[-1].conv2.out_channels for stage in stages]
-        self.stem = nn.Sequential(conv_bn_relu(3, channels[0] // 2, stride=2),
-                                  conv_bn_relu(channels[0] // 2, channels[0] // 2),
-                                  conv_bn_relu(channels[0] // 2, channels[0], stride=2))
-        self.stages = stages
-        neck = max(16, channels[0] * 2)
+        if backbone is None:
+            # The CIFAR ResNet's stages at strides 4..32: a strided stem in place of its stride-1 one,
+            # because full-resolution stages would cost 16x the compute for no gain on objects this large.
+            stages = CifarResNet(blocks, width=width).stages
+            channels = [stage[-1].conv2.out_channels for stage in stages]
+            self.stem = nn.Sequential(conv_bn_relu(3, channels[0] // 2, stride=2),
+                                      conv_bn_relu(channels[0] // 2, channels[0] // 2),
+                                      conv_bn_relu(channels[0] // 2, channels[0], stride=2))
+            self.stages = stages
+        else:
+            self.backbone = backbone
+            channels = list(backbone.channels)
+        # Capped: the neck runs at stride 4, where a ResNet-50's 512 channels would cost more than its backbone.
+        neck = min(NECK_MAX, max(16, channels[0] * 2))
         self.lateral = nn.ModuleList(nn.Conv2d(c, neck, 1) for c in channels)
         self.smooth = nn.ModuleList(conv_bn_relu(neck, neck) for _ in channels[:-1])
         # A tower per output kind (heatmap, box), read by one 1x1 convolution over both: the decoupled
@@ -55,11 +65,14 @@ class CenterDetector(nn.Module):
         nn.init.zeros_(self.output.bias[num_classes:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
+        if hasattr(self, "backbone"):
+            features = self.backbone(x)
+        else:
+            features = []
+            x = self.stem(x)
+            for stage in self.stages:
+                x = stage(x)
+                features.append(x)
         top_down = self.lateral[-1](features[-1])
         for level in range(len(features) - 2, -1, -1):
             upsampled = nn.functional.interpolate(top_down, size=features[level].shape[-2:], mode="nearest")

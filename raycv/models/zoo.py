@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 
+import torch
 from torch import nn
 
 ZOO_PREFIX = "torchvision."
@@ -73,3 +74,35 @@ def classifier_head(model: nn.Module, num_classes: int) -> str:
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output layer with {num_classes} outputs")
     return head
+
+
+# Backbones of the dense prediction networks (detect's detector): where each family's feature stages end, at
+# strides 4, 8, 16 and 32. For ResNets the stages are named layers; MobileNetV3's are positions in `features`.
+BACKBONE_STAGES = {
+    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
+    "resnet34": ("layer1", "layer2", "layer3", "layer4"),
+    "resnet50": ("layer1", "layer2", "layer3", "layer4"),
+    "mobilenet_v3_large": ("features.3", "features.6", "features.12", "features.16"),
+}
+
+
+class ZooBackbone(nn.Module):
+    """A torchvision classification network's feature maps at strides 4, 8, 16 and 32, as a list. The network
+    is kept whole under `body`, without its pooling and classifier, so torchvision's own .pth files load into it
+    by their own names (their classifier's weights are left over, see raycv.checkpoint.load_pretrained)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        from torchvision import models
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        if name not in BACKBONE_STAGES:
+            raise ValueError(f"no backbone stages known for {name}; known: {', '.join(BACKBONE_STAGES)}")
+        network = models.get_model(name, weights=None)
+        self.body = create_feature_extractor(network, return_nodes=list(BACKBONE_STAGES[name]))
+        with torch.no_grad():
+            probe = self.body(torch.zeros(1, 3, 64, 64))
+        self.channels = [feature.shape[1] for feature in probe.values()]
+
+    def forward(self, x):
+        return list(self.body(x).values())

@@ -41,6 +41,19 @@ Route = tuple[Callable[[dict[str, list[str]]], dict[str, Any]], Callable[..., An
 Predict = Callable[["LoadedModel", list[np.ndarray]], list[Any]]
 
 
+class PredictionWriter(ABC):
+    """Answers of a folder prediction (`raycv TASK predict --folder DIR --out OUT`) written in a format other tools
+    read, one image at a time as they arrive (see `Task.prediction_writer`)."""
+
+    @abstractmethod
+    def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
+        """One image's answer; `relative_path` is the file's path under the folder, `size` its (height, width)."""
+
+    @abstractmethod
+    def close(self) -> str:
+        """Finish writing; a few words on what was written, for the run's summary."""
+
+
 @dataclass(frozen=True)
 class StateRoute:
     """A Serve route on the task's serve state (see `Task.state_routes`)."""
@@ -191,6 +204,12 @@ class Task(ABC):
                     sizes: list[tuple[int, int]]) -> list[Any]:
         """Model outputs to one JSON-able answer per image; `sizes` are the request images' (height,
         width), so boxes and masks can be given in the caller's pixels."""
+
+    def prediction_writer(self, out: str, meta: dict[str, Any]) -> PredictionWriter | None:
+        """A writer of folder predictions in the task's standard format when `out` names one (detect: a .json
+        file in COCO's results format, a folder of YOLO label files); None leaves `out` to the generic .csv
+        and .json-lines writers."""
+        return None
 
     def open_route_state(self, folder: str, checkpoint_meta: dict[str, Any]) -> Any:
         """The state `state_routes` work on, kept in `folder` (ServeOptions.state_dir)."""

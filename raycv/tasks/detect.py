@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -29,19 +30,24 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
+from raycv import storage
 from raycv.config import TrainConfig
+from raycv.data import coco, yolo
 from raycv.data.annotated import letterbox_scale
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, to_model_input
-from raycv.data.scenes import SceneData
+from raycv.data.scenes import SceneData, category_ids, output_kind
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.detection import OUTPUT_STRIDE, CenterDetector
-from raycv.tasks.base import Task
+from raycv.models.zoo import BACKBONE_STAGES, IMAGENET_MEAN, IMAGENET_STD, ZOO_PREFIX, ZooBackbone
+from raycv.tasks.base import PredictionWriter, Task
 from raycv.tasks.cards import CARDS
 
+# raycv's CIFAR-style ResNets by their blocks per stage (scaled by --width), then torchvision's backbones (None).
 MODELS = {
     "resnet18": (2, 2, 2, 2),
     "resnet10": (1, 1, 1, 1),
+    **{f"{ZOO_PREFIX}{name}": None for name in BACKBONE_STAGES},
 }
 # Gaussian radii as a share of the box (TTFNet's alpha and beta): the heatmap's spread, and the area
 # around the centre whose cells regress the box.
@@ -229,6 +235,40 @@ def quiet_pycocotools():
         logging.disable(previous)
 
 
+class CocoResultsWriter(PredictionWriter):
+    """Detections in COCO's results format, one JSON list, with the set's own category ids."""
+
+    def __init__(self, out: str, category_ids: list[int]):
+        self.out, self.category_ids = out, category_ids
+        self.image_ids: list[Any] = []
+        self.answers: list[list[dict[str, Any]]] = []
+
+    def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
+        self.image_ids.append(coco.image_id_of(relative_path))
+        self.answers.append(answer)
+
+    def close(self) -> str:
+        results = coco.results_document(self.image_ids, self.answers, self.category_ids)
+        storage.write_text(self.out, json.dumps(results))
+        return f"{len(results)} detections on {len(self.answers)} images, COCO results format"
+
+
+class YoloLabelsWriter(PredictionWriter):
+    """One YOLO label file per image (class cx cy w h confidence), named as the image under the folder."""
+
+    def __init__(self, folder: str):
+        self.folder, self.files = folder.rstrip("/"), 0
+
+    def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
+        text = yolo.label_lines([d["box"] for d in answer], [d["index"] for d in answer], size,
+                                [d["score"] for d in answer])
+        storage.write_text(storage.join(self.folder, relative_path.rsplit(".", 1)[0] + ".txt"), text)
+        self.files += 1
+
+    def close(self) -> str:
+        return f"{self.files} YOLO label files"
+
+
 class DetectTask(SceneData, Task):
     card = CARDS["detect"]
     metric = "map50"
@@ -238,7 +278,11 @@ class DetectTask(SceneData, Task):
         height, width = meta["image_size"]
         if height % 32 or width % 32:
             raise RaycvError(f"image_size {meta['image_size']} is not divisible by 32, as the detector needs")
-        return Normalized(CenterDetector(len(meta["classes"]), MODELS[cfg.model], cfg.width), CIFAR_MEAN, CIFAR_STD)
+        if MODELS[cfg.model] is not None:
+            return Normalized(CenterDetector(len(meta["classes"]), MODELS[cfg.model], cfg.width), CIFAR_MEAN, CIFAR_STD)
+        # A torchvision backbone (--width does not apply), normalised as its ImageNet weights expect.
+        backbone = ZooBackbone(cfg.model.removeprefix(ZOO_PREFIX))
+        return Normalized(CenterDetector(len(meta["classes"]), backbone=backbone), IMAGENET_MEAN, IMAGENET_STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         """Horizontal flip of a random half of the batch, boxes and masks included (padding rows stay -1)."""
@@ -283,6 +327,12 @@ class DetectTask(SceneData, Task):
             scores = average_precision.compute()
         return {"map50": float(scores["map_50"]), "map": float(scores["map"]), "map75": float(scores["map_75"]),
                 "loss": float(mean_loss.compute())}
+
+    def prediction_writer(self, out: str, meta: dict[str, Any]) -> PredictionWriter | None:
+        kind = output_kind(out)
+        if kind == "json":
+            return CocoResultsWriter(out, category_ids(meta))
+        return YoloLabelsWriter(out) if kind == "folder" else None
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any], sizes: list[tuple[int, int]],
                     min_score: float = SERVE_MIN_SCORE) -> list[list[dict[str, Any]]]:

@@ -18,6 +18,7 @@ and answered by POST /v1/segment/danmu (Serve).
 from __future__ import annotations
 
 import base64
+import json
 from functools import lru_cache
 from typing import Any
 from collections.abc import Iterable
@@ -29,14 +30,16 @@ import torchmetrics
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from raycv import storage
 from raycv.config import TrainConfig
+from raycv.data import coco
 from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.data.annotated import unletterbox_mask
-from raycv.data.scenes import CROWD, SceneData
+from raycv.data.scenes import CROWD, SceneData, category_ids, output_kind
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.unet import INPUT_MULTIPLE, UNet
-from raycv.tasks.base import Task
+from raycv.tasks.base import PredictionWriter, Task
 from raycv.tasks.cards import CARDS
 
 MODELS = {"unet_resnet18": UNet}
@@ -234,6 +237,43 @@ def flip_images_and_masks(images: torch.Tensor, masks: torch.Tensor) -> tuple[to
     return images, masks
 
 
+class MaskPngWriter(PredictionWriter):
+    """One PNG class map per image (pixel value i is class i - 1, 0 background), named as the image."""
+
+    def __init__(self, folder: str):
+        self.folder, self.files = folder.rstrip("/"), 0
+
+    def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
+        name = storage.join(self.folder, relative_path.rsplit(".", 1)[0] + ".png")
+        filesystem, inner = storage.resolve(name)
+        filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(inner) as stream:
+            stream.write(base64.b64decode(answer["mask_png"]))
+        self.files += 1
+
+    def close(self) -> str:
+        return f"{self.files} PNG masks"
+
+
+class MaskRleWriter(PredictionWriter):
+    """COCO results with segmentations: one entry per image and class present, its region as compressed RLE."""
+
+    def __init__(self, out: str, category_ids: list[int]):
+        self.out, self.category_ids, self.results, self.images = out, category_ids, [], 0
+
+    def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
+        class_map = class_map_from_answer(answer)
+        for value in np.unique(class_map[class_map > 0]):
+            rle = coco.encode_rle(class_map == value)
+            self.results.append({"image_id": coco.image_id_of(relative_path), "score": 1.0, "segmentation": rle,
+                                 "category_id": self.category_ids[int(value) - 1]})
+        self.images += 1
+
+    def close(self) -> str:
+        storage.write_text(self.out, json.dumps(self.results))
+        return f"{len(self.results)} class regions on {self.images} images, COCO results format (RLE)"
+
+
 class SegmentTask(SceneData, Task):
     card = CARDS["segment"]
     metric = "foreground_iou"
@@ -271,6 +311,12 @@ class SegmentTask(SceneData, Task):
             confusion.update(logits.argmax(dim=1), target)
             mean_loss.update(weighted_cross_entropy(logits, target), weight=len(logits))
         return {**scores_from_confusion(confusion.compute()), "loss": float(mean_loss.compute())}
+
+    def prediction_writer(self, out: str, meta: dict[str, Any]) -> PredictionWriter | None:
+        kind = output_kind(out)
+        if kind == "json":
+            return MaskRleWriter(out, category_ids(meta))
+        return MaskPngWriter(out) if kind == "folder" else None
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
