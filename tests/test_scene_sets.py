@@ -249,41 +249,38 @@ def test_yolo_reader_takes_polygons_and_lists_and_refuses_unknown_classes(tmp_pa
 
 
 def test_folder_predictions_as_coco_results_yolo_labels_png_masks_and_rle(ray_session, tmp_path):
+    """One folder prediction with Ray Data (COCO results, which pycocotools loads against the set's own JSON); the
+    other formats from the same kind of answers, written by each task's writer in this process."""
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
     from conftest import saved_checkpoint
     from raycv.inference import predict_folder
 
-    photo_set(tmp_path / "photos", PHOTO_BOXES)
-    folder = str(tmp_path / "photos" / "images")
+    document = photo_set(tmp_path / "photos", PHOTO_BOXES)
+    folder = tmp_path / "photos" / "images"
     sizes = {1: (300, 500), 2: (480, 240), 3: (256, 256)}
     meta = {"classes": ["coin", "leaf"], "category_ids": [4, 9], "image_size": [64, 64], "max_objects": 2,
             "format": "coco"}
-    checkpoints = {}
+    models = {}
     for name in ("detect", "segment"):
         task = get_task(name)
         cfg = task.default_config().replace(width=0.25)
-        model = task.build_model(cfg, meta)
+        models[name] = task.build_model(cfg, meta).eval()
         if name == "detect":
             with torch.no_grad():  # an untrained detector that sees objects everywhere, so there is much to write
-                model.net.output.bias[:2] = 5.0
-        checkpoints[name] = saved_checkpoint(task, cfg, meta, str(tmp_path / name), model)
+                models[name].net.output.bias[:2] = 5.0
+            checkpoint = saved_checkpoint(task, cfg, meta, str(tmp_path / name), models[name])
 
-    def predicted(name, out):
-        summary = predict_folder(checkpoints[name], folder, str(out), name, concurrency=1, batch_size=4,
-                                 cpus_per_actor=0.5)
-        assert summary["images"] == 3 and summary["failed"] == 0, summary
-        return summary
-
-    assert "COCO results format" in predicted("detect", tmp_path / "boxes.json")["written"]
+    summary = predict_folder(checkpoint, str(folder), str(tmp_path / "boxes.json"), "detect", concurrency=1,
+                             batch_size=4, cpus_per_actor=0.5)
+    assert summary["images"] == 3 and summary["failed"] == 0 and "COCO results format" in summary["written"]
     results = json.loads((tmp_path / "boxes.json").read_text())
     assert {r["image_id"] for r in results} == {1, 2, 3} and {r["category_id"] for r in results} <= {4, 9}
     for r in results:
         x, y, w, h = r["bbox"]
         height, width = sizes[r["image_id"]]
         assert x >= 0 and y >= 0 and x + w <= width + 0.01 and y + h <= height + 0.01
-    document = json.loads((tmp_path / "photos" / "annotations" / "instances_val.json").read_text())
     for category in document["categories"]:
         category["id"] = {1: 4, 2: 9}[category["id"]]
     for annotation in document["annotations"]:
@@ -291,49 +288,64 @@ def test_folder_predictions_as_coco_results_yolo_labels_png_masks_and_rle(ray_se
     (tmp_path / "truth.json").write_text(json.dumps(document))
     assert len(COCO(str(tmp_path / "truth.json")).loadRes(str(tmp_path / "boxes.json")).getAnnIds()) == len(results)
 
-    assert predicted("detect", tmp_path / "labels")["written"] == "3 YOLO label files"
+    images = [decode_image((folder / f"{image_id}.jpg").read_bytes()) for image_id in sizes]
+
+    def write(name, out):
+        task = get_task(name)
+        with torch.no_grad():
+            answers = task.postprocess(models[name](task.preprocess(images, meta)), meta, list(sizes.values()))
+        writer = task.prediction_writer(str(out), meta)
+        for image_id, answer in zip(sizes, answers, strict=True):
+            writer.add(f"{image_id}.jpg", sizes[image_id], answer)
+        return writer.close()
+
+    assert write("detect", tmp_path / "labels") == "3 YOLO label files"
     for image_id in sizes:
         lines = (tmp_path / "labels" / f"{image_id}.txt").read_text().splitlines()
         assert lines and all(len(line.split()) == 6 for line in lines)
         assert all(0 <= float(value) <= 1 for line in lines for value in line.split()[1:])
-
-    assert predicted("segment", tmp_path / "masks")["written"] == "3 PNG masks"
+    assert write("segment", tmp_path / "masks/") == "3 PNG masks"
     for image_id, size in sizes.items():
         mask = np.asarray(Image.open(tmp_path / "masks" / f"{image_id}.png"))
         assert mask.shape == size and mask.max() <= 2
-    predicted("segment", tmp_path / "regions.json")
+    assert "COCO results format (RLE)" in write("segment", tmp_path / "regions.json")
     regions = json.loads((tmp_path / "regions.json").read_text())
     assert regions and {r["category_id"] for r in regions} <= {4, 9}
     for region in regions:
         decoded = mask_utils.decode({**region["segmentation"], "counts": region["segmentation"]["counts"].encode()})
         assert decoded.shape == sizes[region["image_id"]] and decoded.any()
+    assert get_task("segment").prediction_writer(str(tmp_path / "masks.csv"), meta) is None  # the generic writers'
 
 
-@pytest.mark.parametrize("backbone", ["torchvision.resnet18", "torchvision.mobilenet_v3_large"])
-def test_torchvision_backbones_take_their_classification_weights_and_train(backbone, tmp_path):
+@pytest.mark.parametrize(("task_name", "model_name"), [("detect", "torchvision.resnet18"),
+                                                       ("detect", "torchvision.mobilenet_v3_large"),
+                                                       ("segment", "unet_torchvision.resnet18")])
+def test_torchvision_backbones_take_their_classification_weights_and_train(task_name, model_name, tmp_path):
     import torchvision
 
     from raycv.checkpoint import load_pretrained, read_pretrained
     from raycv.models.zoo import BACKBONE_STAGES
-    from raycv.tasks.cards import DETECTOR_BACKBONES
+    from raycv.tasks.cards import SCENE_BACKBONES
 
-    assert set(DETECTOR_BACKBONES) == set(BACKBONE_STAGES)  # the card lists what the models module builds
+    assert set(SCENE_BACKBONES) == set(BACKBONE_STAGES)  # the card lists what the models module builds
+    task = get_task(task_name)
     rows = scene_rows(4, seed=4)
-    meta = {**DETECT.dataset_meta(PARAMS), "image_size": [64, 64]}
+    meta = {**task.dataset_meta(PARAMS), "image_size": [64, 64]}
     batch = {key: torch.from_numpy(value) for key, value in decode_scenes(as_batch(rows), meta).items()}
-    cfg = DETECT.default_config().replace(model=backbone)
-    model = DETECT.build_model(cfg, meta)
-    classifier = torchvision.models.get_model(backbone.removeprefix("torchvision."), weights=None, num_classes=7)
+    cfg = task.default_config().replace(model=model_name)
+    model = task.build_model(cfg, meta)
+    classifier = torchvision.models.get_model(model_name.split("torchvision.")[1], weights=None, num_classes=7)
     torch.save(classifier.state_dict(), tmp_path / "weights.pth")
     fresh = load_pretrained(model, read_pretrained(str(tmp_path / "weights.pth")), None, "weights.pth")
-    loaded = model.net.backbone.body.state_dict()
+    backbone = model.net.backbone if task_name == "detect" else model.net.encoder
+    loaded = backbone.body.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in classifier.state_dict().items() if key in loaded)
     assert len(loaded) == len([key for key in classifier.state_dict() if key.split(".")[0] not in ("fc", "classifier")])
-    assert fresh == [] and model.net.output.weight.shape[0] == 3 + 4
+    assert fresh == []
     losses = []
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(4):
-        loss = DETECT.loss(model, batch, cfg)
+        loss = task.loss(model, batch, cfg)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

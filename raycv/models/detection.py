@@ -36,9 +36,9 @@ class CenterDetector(nn.Module):
 
     def __init__(self, num_classes: int, blocks: tuple[int, ...] = (2, 2, 2, 2), width: float = 0.5,
                  backbone: nn.Module | None = None):
-        """`backbone`: a module whose forward gives the feature maps at strides 4, 8, 16 and 32 and whose
-        `channels` lists their widths (raycv.models.zoo.ZooBackbone); without one, the CIFAR ResNet's stages of
-        `blocks` at `width`."""
+        """`backbone`: a module whose forward gives the feature maps at strides 2, 4, 8, 16 and 32 and whose
+        `channels` lists their widths (raycv.models.zoo.ZooBackbone; the detector reads the last four); without
+        one, the CIFAR ResNet's stages of `blocks` at `width`."""
         super().__init__()
         if backbone is None:
             # The CIFAR ResNet's stages at strides 4..32: a strided stem in place of its stride-1 one,
@@ -51,7 +51,7 @@ class CenterDetector(nn.Module):
             self.stages = stages
         else:
             self.backbone = backbone
-            channels = list(backbone.channels)
+            channels = list(backbone.channels[1:])
         # Capped: the neck runs at stride 4, where a ResNet-50's 512 channels would cost more than its backbone.
         neck = min(NECK_MAX, max(16, channels[0] * 2))
         self.lateral = nn.ModuleList(nn.Conv2d(c, neck, 1) for c in channels)
@@ -66,7 +66,7 @@ class CenterDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "backbone"):
-            features = self.backbone(x)
+            features = self.backbone(x)[1:]
         else:
             features = []
             x = self.stem(x)

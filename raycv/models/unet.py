@@ -47,25 +47,42 @@ class UNet(nn.Module):
     `width` scales every channel count (1.0 is ResNet-18's 64..512); 0.5 trains about 3x faster on CPU.
     """
 
-    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3):
+    def __init__(self, num_classes: int, width: float = 1.0, in_channels: int = 3, encoder: nn.Module | None = None):
+        """`encoder`: a torchvision backbone (raycv.models.zoo.ZooBackbone: features at strides 2 to 32 and their
+        `channels`) in place of the ResNet-18 encoder scaled by `width`."""
         super().__init__()
-        c1, c2, c3, c4 = (max(8, int(w * width)) for w in RESNET18_WIDTHS)
-        # ImageNet ResNet-18: 7x7 stride-2 stem and max-pool, then four stages of torchvision BasicBlocks.
-        # The stages are CifarResNet's, which are exactly ResNet-18's layer1..layer4 at any width.
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c1, 7, stride=2, padding=3, bias=False),
-                                  nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = CifarResNet((2, 2, 2, 2), width=width).stages
+        if encoder is None:
+            c1, c2, c3, c4 = (max(8, int(w * width)) for w in RESNET18_WIDTHS)
+            c0 = c1
+            # ImageNet ResNet-18: 7x7 stride-2 stem and max-pool, then four stages of torchvision BasicBlocks.
+            # The stages are CifarResNet's, which are exactly ResNet-18's layer1..layer4 at any width.
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, c1, 7, stride=2, padding=3, bias=False),
+                                      nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.layer1, self.layer2, self.layer3, self.layer4 = CifarResNet((2, 2, 2, 2), width=width).stages
+        else:
+            self.encoder = encoder
+            c0, c1, c2, c3, c4 = encoder.channels
 
         self.decoder4 = LinkNetDecoderBlock(c4, c3)
         self.decoder3 = LinkNetDecoderBlock(c3, c2)
         self.decoder2 = LinkNetDecoderBlock(c2, c1)
-        self.decoder1 = LinkNetDecoderBlock(c1, c1)
+        self.decoder1 = LinkNetDecoderBlock(c1, c0)
         head = max(8, c1 // 4)
         self.full_resolution = conv_bn_relu(in_channels, head)
-        self.upsample = nn.Sequential(nn.ConvTranspose2d(c1, head, 2, stride=2, bias=False),
+        self.upsample = nn.Sequential(nn.ConvTranspose2d(c0, head, 2, stride=2, bias=False),
                                       nn.BatchNorm2d(head), nn.ReLU(inplace=True))
         self.classifier = nn.Sequential(conv_bn_relu(2 * head, head), nn.Conv2d(head, num_classes, 1))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's features at strides 2, 4, 8, 16 and 32."""
+        if hasattr(self, "encoder"):
+            return self.encoder(x)
+        stem = self.stem(x)
+        e1 = self.layer1(self.pool(stem))
+        e2 = self.layer2(e1)
+        e3 = self.layer3(e2)
+        return [stem, e1, e2, e3, self.layer4(e3)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -73,11 +90,7 @@ class UNet(nn.Module):
             raise RaycvError(f"UNet input of {height}x{width} pixels: height and width must be multiples of "
                              f"{INPUT_MULTIPLE} (e.g. {INPUT_MULTIPLE * max(1, round(height / INPUT_MULTIPLE))}x"
                              f"{INPUT_MULTIPLE * max(1, round(width / INPUT_MULTIPLE))})")
-        stem = self.stem(x)  # 1/2
-        e1 = self.layer1(self.pool(stem))  # 1/4
-        e2 = self.layer2(e1)  # 1/8
-        e3 = self.layer3(e2)  # 1/16
-        e4 = self.layer4(e3)  # 1/32
+        stem, e1, e2, e3, e4 = self.encode(x)  # 1/2 .. 1/32
         d3 = self.decoder4(e4) + e3
         d2 = self.decoder3(d3) + e2
         d1 = self.decoder2(d2) + e1

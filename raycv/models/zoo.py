@@ -76,18 +76,19 @@ def classifier_head(model: nn.Module, num_classes: int) -> str:
     return head
 
 
-# Backbones of the dense prediction networks (detect's detector): where each family's feature stages end, at
-# strides 4, 8, 16 and 32. For ResNets the stages are named layers; MobileNetV3's are positions in `features`.
+# Backbones of the dense prediction networks (detect's detector, segment's UNet): where each family's feature
+# stages end, at strides 2, 4, 8, 16 and 32. For ResNets the stages are named layers; MobileNetV3's are
+# positions in `features`.
 BACKBONE_STAGES = {
-    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
-    "resnet34": ("layer1", "layer2", "layer3", "layer4"),
-    "resnet50": ("layer1", "layer2", "layer3", "layer4"),
-    "mobilenet_v3_large": ("features.3", "features.6", "features.12", "features.16"),
+    "resnet18": ("relu", "layer1", "layer2", "layer3", "layer4"),
+    "resnet34": ("relu", "layer1", "layer2", "layer3", "layer4"),
+    "resnet50": ("relu", "layer1", "layer2", "layer3", "layer4"),
+    "mobilenet_v3_large": ("features.1", "features.3", "features.6", "features.12", "features.16"),
 }
 
 
 class ZooBackbone(nn.Module):
-    """A torchvision classification network's feature maps at strides 4, 8, 16 and 32, as a list. The network
+    """A torchvision classification network's feature maps at strides 2, 4, 8, 16 and 32, as a list. The network
     is kept whole under `body`, without its pooling and classifier, so torchvision's own .pth files load into it
     by their own names (their classifier's weights are left over, see raycv.checkpoint.load_pretrained)."""
 

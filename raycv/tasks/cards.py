@@ -68,9 +68,9 @@ SCENE_OPTIONS = {
     "image_size": ("auto", "training resolution: the long side in pixels, each photo letterboxed to a square of it "
                            "(auto: a raycv scene set's own size, 320 for COCO and YOLO sets); a multiple of 32"),
 }
-# torchvision backbones the detector takes by name (raycv/models/zoo.py BACKBONE_STAGES), with --pretrained
+# torchvision backbones the detector and the UNet take by name (raycv/models/zoo.py BACKBONE_STAGES), with --pretrained
 # weights of their classification networks.
-DETECTOR_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
+SCENE_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
 SCENE_OPTION_CHECKS = {
     "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 32 <= int(value) <= 4096
                                                      and int(value) % 32 == 0),
@@ -126,7 +126,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         # epoch alone reaches mAP@0.5 0.81 on three classes); raise --width for harder (photo) data.
         TrainConfig(model="resnet18", width=0.25, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
                     weight_decay=0.05, workers=2),
-        ("resnet18", "resnet10", *(f"torchvision.{name}" for name in DETECTOR_BACKBONES)),
+        ("resnet18", "resnet10", *(f"torchvision.{name}" for name in SCENE_BACKBONES)),
         train_options=dict(SCENE_OPTIONS),
         option_checks=dict(SCENE_OPTION_CHECKS),
         synth_sizes={"train": 8000, "val": 500}),
@@ -142,7 +142,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         # Five epochs over 6,000 scenes fit the 15-minute budget with Ray's start-up (six took 15.8 min).
         TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
                     optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2),
-        ("unet_resnet18",),
+        ("unet_resnet18", *(f"unet_torchvision.{name}" for name in SCENE_BACKBONES)),
         train_options=dict(SCENE_OPTIONS),
         option_checks=dict(SCENE_OPTION_CHECKS),
         synth_sizes={"train": 6000, "val": 500}),

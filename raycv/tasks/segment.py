@@ -39,10 +39,13 @@ from raycv.data.scenes import CROWD, SceneData, category_ids, output_kind
 from raycv.errors import RaycvError
 from raycv.models.common import Normalized
 from raycv.models.unet import INPUT_MULTIPLE, UNet
+from raycv.models.zoo import BACKBONE_STAGES, ZOO_PREFIX, ZooBackbone
 from raycv.tasks.base import PredictionWriter, Task
 from raycv.tasks.cards import CARDS
 
-MODELS = {"unet_resnet18": UNet}
+# The book's UNet on a ResNet-18 encoder scaled by --width, then on torchvision's backbones (--width does not
+# apply; --pretrained takes their classification weights).
+MODELS = {"unet_resnet18": None, **{f"unet_{ZOO_PREFIX}{name}": name for name in BACKBONE_STAGES}}
 # ImageNet statistics, what a ResNet encoder expects (and what pretrained weights would need).
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The book's class weights: background pixels outnumber object pixels several times over, and an
@@ -285,7 +288,8 @@ class SegmentTask(SceneData, Task):
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
             raise RaycvError(f"image_size {height}x{width} cannot be segmented by the UNet: both sides must be "
                              f"multiples of {INPUT_MULTIPLE} (synthesize with --param image_size=128, 160, ...)")
-        return Normalized(MODELS[cfg.model](len(meta["classes"]) + 1, cfg.width), MEAN, STD)
+        encoder = ZooBackbone(MODELS[cfg.model]) if MODELS[cfg.model] else None
+        return Normalized(UNet(len(meta["classes"]) + 1, cfg.width, encoder=encoder), MEAN, STD)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         # Only image and mask: flipped boxes would need their own transform, and this task reads none.
