@@ -251,8 +251,20 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps:
     import torch_pruning as tp
 
     importance = tp.importance.BNScaleImportance() if criterion == "bn" else tp.importance.MagnitudeImportance(p=1)
-    return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio, iterative_steps=steps,
-                                ignored_layers=output_layers(model, example))
+    # Traced in training mode: a model with flip test-time augmentation (raycv.models.common.FlipAveraged) runs its
+    # network twice in eval mode, and torch_pruning then prunes the classifier's outputs as if the two passes were
+    # one layer's (a ResNet-18's 3 logits became 1). The trace's BatchNorm statistics updates are undone.
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        return tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio, iterative_steps=steps,
+                                    ignored_layers=output_layers(model, example))
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved[name])
+        model.train(was_training)
 
 
 class Distillation(nn.Module):

@@ -95,6 +95,24 @@ def test_zoo_model_trains_with_two_workers_and_skips_exactly_the_truncated_file(
     assert {row["skipped_files"] for row in history} == {1}
 
 
+def test_a_zoo_model_is_channel_pruned_and_int8_quantized(zoo_run, photo_folder, tmp_path):
+    """Chapter 10 on a torchvision ResNet-18 trained on photos: channels removed for real (fewer parameters),
+    and int8 weights, each row scored on the photo folder's validation split."""
+    from raycv import compress
+    from raycv.config import CompressOptions
+
+    options = CompressOptions(batch_size=8, channel_ratio=0.5, channel_steps=1, channel_finetune_epochs=1,
+                              finetune_steps=2, calibration_batches=1, latency_runs=2, latency_batches=(1,),
+                              stages=("channels", "int8"))
+    rows = compress.compress_checkpoint(zoo_run.best_checkpoint, photo_folder, str(tmp_path), options, "classify")
+    by_stage = {row["stage"]: row for row in rows}
+    assert set(by_stage) >= {"dense", "int8"} and any(stage.startswith("channels") for stage in by_stage), rows
+    pruned = next(row for stage, row in by_stage.items() if stage.startswith("channels"))
+    assert pruned["params"] < 0.5 * by_stage["dense"]["params"]
+    assert by_stage["int8"]["size_mb"] < 0.5 * by_stage["dense"]["size_mb"]
+    assert all(0 <= row["accuracy"] <= 1 for row in rows)
+
+
 @pytest.mark.parametrize("cache_data", ["on", "off"])
 def test_training_rows_are_shuffled_across_classes_every_epoch(ray_session, photo_folder, cache_data):
     """Folders list their files class by class; the trainers' local shuffle buffer holds a few batches, so

@@ -12,6 +12,7 @@ from raycv import checkpoint, compress
 from raycv.compress import CompressOptions
 from raycv.errors import RaycvError
 from raycv.sparsity import measured_sparsity, plain_state_dict
+from raycv.tasks import get_task
 
 TINY_OPTIONS = dict(batch_size=64, finetune_epochs=1, finetune_steps=3, channel_finetune_epochs=1,
                     calibration_batches=2, latency_runs=2)
@@ -147,3 +148,20 @@ def test_another_tasks_checkpoint_is_refused(ddp_run, classify_data, tmp_path):
         compress.compress_checkpoint(ddp_run.best_checkpoint, classify_data, str(tmp_path), CompressOptions(),
                                      task_name="segment")
     assert not os.listdir(tmp_path)
+
+
+def test_channel_pruning_keeps_the_outputs_of_a_model_with_flip_test_time_augmentation():
+    """FlipAveraged runs its network twice in eval mode; traced so, torch_pruning took the two passes for one
+    layer and cut a classifier's 3 logits to 1. The pruner traces in training mode and leaves the BatchNorm
+    statistics as they were."""
+    task = get_task("classify")
+    cfg = task.default_config().replace(model="torchvision.resnet18", extra={"image_size": "32", "tta": "flip"})
+    meta = task.training_meta({"classes": ["a", "b", "c"], "image_size": [32, 32], "format": "imagefolder"}, cfg)
+    model = task.build_model(cfg, meta).eval()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    example = torch.rand(2, 3, 32, 32)
+    pruner = compress.channel_pruner(model, example, 0.5, 1, "l1")
+    assert not model.training and all(torch.equal(before[name], buffer) for name, buffer in model.named_buffers())
+    parameters = sum(p.numel() for p in model.parameters())
+    pruner.step()
+    assert model(example).shape == (2, 3) and sum(p.numel() for p in model.parameters()) < 0.5 * parameters
