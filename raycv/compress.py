@@ -370,6 +370,19 @@ def load_pruned(folder: str) -> nn.Module:
 # Stage 4: int8 post-training quantization (PT2E, X86 inductor backend).
 
 
+DYNAMIC_BATCH = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def export_dynamic_batch(model: nn.Module, example: torch.Tensor, strict: bool = False) -> torch.export.ExportedProgram:
+    """`torch.export` with the batch dimension left dynamic. An example of one row would specialise the
+    batch to 1 (export treats sizes 0 and 1 as constants), so it is repeated to two."""
+    return torch.export.export(model, (two_or_more_rows(example),), dynamic_shapes=DYNAMIC_BATCH, strict=strict)
+
+
+def two_or_more_rows(example: torch.Tensor) -> torch.Tensor:
+    return example if len(example) > 1 else example.expand(2, *example.shape[1:]).contiguous()
+
+
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> torch.fx.GraphModule:
     """Static int8 (per-channel weights, per-tensor activations) by PyTorch 2 export quantization,
     the path PyTorch points to now that torch.ao.quantization's eager and FX modes are deprecated."""
@@ -377,8 +390,10 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], example
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},)).module()
+    # Strict (dynamo) tracing records one source partition per call of a module; the default non-strict
+    # trace merges the calls of a reused module (torchvision's ResNet blocks call one ReLU twice) into one
+    # partition with two outputs, which the x86 quantizer's conv-add-relu fusion rejects.
+    graph = export_dynamic_batch(model.eval(), example, strict=True).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for inputs in calibration:
@@ -422,8 +437,7 @@ def save_int8(folder: str, quantized: torch.fx.GraphModule, example: torch.Tenso
     weights = os.path.join(folder, "int8_state_dict.pt")
     torch.save(quantized.state_dict(), weights)
     program = os.path.join(folder, "int8.pt2")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.export.save(torch.export.export(quantized, (example,), dynamic_shapes=({0: batch},)), program)
+    torch.export.save(export_dynamic_batch(quantized, example), program)
     return weights, program
 
 
@@ -466,10 +480,10 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str) -> to
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str, threads: int):
     import onnxruntime
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, dynamic_shapes=({0: batch},),
+        program = torch.onnx.export(model.eval(), (two_or_more_rows(example),), dynamo=True,
+                                    dynamic_shapes=DYNAMIC_BATCH,
                                     input_names=["input"], output_names=["output"], verbose=False)
     program.save(path)
     settings = onnxruntime.SessionOptions()
