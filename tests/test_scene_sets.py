@@ -351,3 +351,24 @@ def test_torchvision_backbones_take_their_classification_weights_and_train(task_
         optimizer.step()
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_coin_photo_set_is_a_coco_set_pycocotools_reads_whole(tmp_path):
+    """jobs/coco_photos.py's set: pycocotools keys annotations by id, so ids must be unique across the
+    split, or it keeps one object per image and scores perfect detections far below 1."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from raycv.data.coin_scenes import write_coin_scenes
+
+    summary = write_coin_scenes(str(tmp_path / "coins"), {"val": 4}, seed=3)
+    annotations = str(tmp_path / "coins" / "annotations" / "instances_val2017.json")
+    truth = COCO(annotations)
+    assert len(truth.anns) == summary["objects"]["val"] > 4  # more objects than images
+    results = truth.loadRes([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                              "score": 1.0} for a in truth.dataset["annotations"]])
+    evaluation = COCOeval(truth, results, "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)

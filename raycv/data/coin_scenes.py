@@ -152,7 +152,8 @@ def write_coin_scenes(out: str, sizes: dict[str, int], seed: int = 0) -> dict:
             name = f"{index + 1:012d}.jpg"
             Image.fromarray(pixels).save(os.path.join(folder, name), quality=JPEG_QUALITY)
             images.append({"id": index + 1, "file_name": name, "height": pixels.shape[0], "width": pixels.shape[1]})
-            annotations += [{**annotation, "id": len(annotations) + 1, "image_id": index + 1} for annotation in found]
+            annotations += [{**annotation, "id": len(annotations) + offset + 1, "image_id": index + 1}
+                            for offset, annotation in enumerate(found)]
         with open(os.path.join(out, "annotations", f"instances_{split}2017.json"), "w") as file:
             json.dump({"info": {"description": "raycv coin scenes"}, "images": images, "annotations": annotations,
                        "categories": categories}, file)
