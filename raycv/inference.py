@@ -47,13 +47,14 @@ def read_image_files(paths: list[str], mode: str = "RGB") -> list[np.ndarray]:
     return images
 
 
-def predict(loaded: checkpoint.LoadedModel, images: list[np.ndarray]) -> list[Any]:
+def predict(loaded: checkpoint.LoadedModel, images: list[np.ndarray], **postprocess_options: Any) -> list[Any]:
     """The task's answers for decoded images (uint8 HWC RGB): preprocess, the model, postprocess. The
     one path from images to answers, shared by local prediction, batch prediction and Serve."""
     device = next(loaded.model.parameters()).device
     with torch.inference_mode():
         outputs = loaded.model(loaded.task.preprocess(images, loaded.dataset_meta).to(device))
-    return loaded.task.postprocess(outputs, loaded.dataset_meta, [image.shape[:2] for image in images])
+    return loaded.task.postprocess(outputs, loaded.dataset_meta, [image.shape[:2] for image in images],
+                                   **postprocess_options)
 
 
 def predict_over_http(url: str, task_name: str, paths: list[str], timeout_s: float = 60) -> list[Any]:
@@ -84,9 +85,10 @@ def predict_over_http(url: str, task_name: str, paths: list[str], timeout_s: flo
 class FolderPredictor:
     """A model replica for Ray Data's actor pool: loaded once per actor, called per batch of files."""
 
-    def __init__(self, checkpoint_path: str, task_name: str | None):
+    def __init__(self, checkpoint_path: str, task_name: str | None, postprocess_options: dict[str, Any]):
         self.loaded = checkpoint.load_model(checkpoint_path, task_name, default_device())
         self.image_mode = self.loaded.task.image_mode
+        self.postprocess_options = postprocess_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, errors, sizes = [], [], []
@@ -98,7 +100,7 @@ class FolderPredictor:
             except ValueError as error:  # one unreadable file must not fail the whole folder
                 errors.append(str(error))
                 sizes.append((0, 0))
-        answers = iter(predict(self.loaded, images) if images else [])
+        answers = iter(predict(self.loaded, images, **self.postprocess_options) if images else [])
         predictions = ["" if problem else json.dumps(next(answers)) for problem in errors]
         return {"path": batch["path"], "prediction": np.array(predictions, dtype=object),
                 "error": np.array(errors, dtype=object), "height": np.array([size[0] for size in sizes]),
@@ -127,7 +129,8 @@ def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name
     inside = storage.resolve(storage.absolute(folder))[1].rstrip("/") + "/"
     dataset = ray.data.read_binary_files(storage.absolute(folder), include_paths=True, file_extensions=[
         extension.lstrip(".") for extension in IMAGE_EXTENSIONS]).map_batches(
-        FolderPredictor, fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "task_name": task_name},
+        FolderPredictor, fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "task_name": task_name,
+                                                "postprocess_options": writer.postprocess_options if writer else {}},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), batch_size=batch_size,
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     count = failed = 0

@@ -15,7 +15,7 @@ from raycv.data.scenes import CROWD, SCENE_DEFAULTS, composite_scene, decode_sce
 from raycv.errors import RaycvError
 from raycv.synth import sample_generator
 from raycv.tasks import get_task
-from raycv.tasks.detect import detection_loss
+from raycv.tasks.detect import EVAL_MIN_SCORE, SERVE_MIN_SCORE, detection_loss
 
 from test_detect import Replay, perfect_outputs
 
@@ -268,15 +268,19 @@ def test_folder_predictions_as_coco_results_yolo_labels_png_masks_and_rle(ray_se
         cfg = task.default_config().replace(width=0.25)
         models[name] = task.build_model(cfg, meta).eval()
         if name == "detect":
-            with torch.no_grad():  # an untrained detector that sees objects everywhere, so there is much to write
-                models[name].net.output.bias[:2] = 5.0
+            with torch.no_grad():  # an untrained detector that sees objects everywhere, all below the API's threshold
+                models[name].net.output.bias[:2] = -2.0
             checkpoint = saved_checkpoint(task, cfg, meta, str(tmp_path / name), models[name])
+            with torch.no_grad():  # and, for the writers below, above it
+                models[name].net.output.bias[:2] = 5.0
 
     summary = predict_folder(checkpoint, str(folder), str(tmp_path / "boxes.json"), "detect", concurrency=1,
                              batch_size=4, cpus_per_actor=0.5)
     assert summary["images"] == 3 and summary["failed"] == 0 and "COCO results format" in summary["written"]
     results = json.loads((tmp_path / "boxes.json").read_text())
     assert {r["image_id"] for r in results} == {1, 2, 3} and {r["category_id"] for r in results} <= {4, 9}
+    # A results file is for an evaluator: it keeps what eval scores, not only what the API answers.
+    assert max(r["score"] for r in results) < SERVE_MIN_SCORE and min(r["score"] for r in results) >= EVAL_MIN_SCORE
     for r in results:
         x, y, w, h = r["bbox"]
         height, width = sizes[r["image_id"]]

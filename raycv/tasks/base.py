@@ -45,6 +45,10 @@ class PredictionWriter(ABC):
     """Answers of a folder prediction (`raycv TASK predict --folder DIR --out OUT`) written in a format other tools
     read, one image at a time as they arrive (see `Task.prediction_writer`)."""
 
+    # Keyword arguments for the task's postprocess when answers are made for this format (e.g. a lower score
+    # threshold for a results file that an evaluator reads).
+    postprocess_options: ClassVar[dict[str, Any]] = {}
+
     @abstractmethod
     def add(self, relative_path: str, size: tuple[int, int], answer: Any) -> None:
         """One image's answer; `relative_path` is the file's path under the folder, `size` its (height, width)."""

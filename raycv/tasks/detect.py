@@ -20,7 +20,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from collections.abc import Iterable
 
 import numpy as np
@@ -236,7 +236,11 @@ def quiet_pycocotools():
 
 
 class CocoResultsWriter(PredictionWriter):
-    """Detections in COCO's results format, one JSON list, with the set's own category ids."""
+    """Detections in COCO's results format, one JSON list, with the set's own category ids. Results files are
+    read by evaluators, whose AP integrates over every score: they keep eval's low-confidence detections, not
+    the API's (Ultralytics likewise writes its JSON at a low confidence)."""
+
+    postprocess_options: ClassVar[dict[str, Any]] = {"min_score": EVAL_MIN_SCORE}
 
     def __init__(self, out: str, category_ids: list[int]):
         self.out, self.category_ids = out, category_ids
