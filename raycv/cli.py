@@ -191,16 +191,18 @@ def add_train_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_train(args: argparse.Namespace) -> None:
     cfg = config_from_args(args.task, args)
     require_path(args.data, "dataset")
-    from raycv.devices import check_local_gpus
+    from raycv.devices import check_cluster_gpus, check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.train import fit
 
-    check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"training with {cfg.workers} workers")
+    gpu_layout = (cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"training with {cfg.workers} workers")
+    check_local_gpus(*gpu_layout)
 
     task = get_task(args.task)
     check_user_data(task, args.data, cfg)
     init_ray_for(args)
+    check_cluster_gpus(*gpu_layout)
     result = fit(task, cfg, args.data)
     print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
     print(f"best checkpoint: {result.best_checkpoint}")
@@ -228,16 +230,18 @@ def run_tune(args: argparse.Namespace) -> None:
                              f"worker {share:g} of a GPU, and NCCL cannot put two ranks on one GPU; give whole GPUs "
                              f"per worker (--gpus-per-trial {cfg.workers}) or share GPUs with --workers 1")
         cfg = cfg.replace(gpu=True, gpus_per_worker=share)
-    from raycv.devices import check_local_gpus
+    from raycv.devices import check_cluster_gpus, check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.tune import parse_space, sweep
 
     space = parse_space(args.space, cfg)
-    check_local_gpus(cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"a trial with {cfg.workers} workers")
+    gpu_layout = (cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"a trial with {cfg.workers} workers")
+    check_local_gpus(*gpu_layout)
     task = get_task(args.task)
     check_user_data(task, args.data, cfg)
     init_ray_for(args)
+    check_cluster_gpus(*gpu_layout)
     result = sweep(task, cfg, args.data, space, name=cfg.name or "sweep", samples=args.samples,
                    max_concurrent=args.max_concurrent, asha=args.asha, grace_period=args.grace_period)
     print(table([{k: v for k, v in row.items() if k != "checkpoint"} for row in result.rows],
@@ -351,11 +355,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_serve(args: argparse.Namespace) -> None:
     options = options_from_args(ServeOptions, args, task=args.task)
     require_path(args.checkpoint, "checkpoint")
-    from raycv.devices import check_local_gpus
+    from raycv.devices import check_cluster_gpus, check_local_gpus
     from raycv.serve import run_server
 
-    check_local_gpus(options.max_replicas, options.gpu, f"serving up to {options.max_replicas} replicas")
+    gpu_layout = (options.max_replicas, options.gpu, f"serving up to {options.max_replicas} replicas")
+    check_local_gpus(*gpu_layout)
     init_ray_for(args)
+    check_cluster_gpus(*gpu_layout)
     run_server(options, args.host, args.port, verbose=args.verbose)
 
 

@@ -102,6 +102,10 @@ def quiet_ray_logs() -> None:
     # Its progress-bar module only gives advice on the bars, at WARNING: that operator names get shortened to
     # fit a terminal, or that the bars are off (forwarded from workers, those lines are in RAY_NOISE).
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Its warning that no CPU is free when a dataset starts on the driver. raycv checks a run's layout before
+    # Ray starts (a CPU left to decode, or the data cached), so such a dataset waits a moment, never forever.
+    logging.getLogger("ray.data.dataset").addFilter(
+        lambda record: "does not have any available CPUs" not in record.getMessage())
     # Ray's own filter for forwarded lines is RAY_DEDUP_LOGS_SKIP_REGEX, read once, when ray is imported
     # (before this runs): the user's pattern is kept and RAY_NOISE added, on the driver's deduplicators of
     # forwarded stdout and stderr. RAY_DEDUP_LOGS=0 turns them off, and so shows every line.

@@ -162,6 +162,34 @@ def scenario_train(cluster, workdir: Path) -> dict:
     }
 
 
+def scenario_placement(cluster) -> dict:
+    """raycv's GPU placement check, joined to this cluster, which has no autoscaler: first with no GPU
+    anywhere, then with a node of 4 (logical) GPUs, removed again before the other scenarios."""
+    import os
+
+    from raycv.devices import check_cluster_gpus, cluster_may_grow
+    from raycv.errors import RaycvError
+
+    def refusal(processes: int, gpus_each: float) -> str | None:
+        try:
+            check_cluster_gpus(processes, gpus_each, f"training with {processes} workers")
+        except RaycvError as error:
+            return str(error)
+        return None
+
+    os.environ["RAY_ADDRESS"] = cluster.address  # as under `ray job submit`
+    try:
+        seen = {"may_grow": cluster_may_grow(), "no_gpus": refusal(2, 1)}
+        gpu_node = cluster.add_node(num_cpus=0, num_gpus=4)
+        cluster.wait_for_nodes()
+        seen |= {"eight_of_four": refusal(8, 1), "four_of_four": refusal(4, 1), "two_of_three": refusal(2, 3),
+                 "eight_halves": refusal(8, 0.5)}
+        cluster.remove_node(gpu_node)
+    finally:
+        del os.environ["RAY_ADDRESS"]
+    return seen
+
+
 def first_rows(data: str, split: str, count: int) -> tuple[dict[str, np.ndarray], dict]:
     """Stored rows of a synthesized split read with pyarrow alone (no Ray Data job), and the dataset meta."""
     import pyarrow.dataset
@@ -281,6 +309,7 @@ def main() -> None:
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING)
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset progress tables in logs
+        results["placement"] = scenario_placement(cluster)
         results["train"] = scenario_train(cluster, Path(args.workdir))
         results["serve"] = scenario_serve(results["train"]["best_checkpoint"], results["train"]["data"])
     finally:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raycv.config import TrainConfig
-from raycv.devices import autocast_dtype, check_local_gpus
+from raycv.devices import autocast_dtype, check_cluster_gpus, check_local_gpus, cluster_may_grow
 from raycv.errors import RaycvError
 from raycv.tasks import get_task
 
@@ -118,6 +118,21 @@ def test_placement_check_counts_every_worker(monkeypatch):
     check_local_gpus(8, 0.5, "serving up to 8 replicas")  # fractions pack onto the 4
     monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")
     check_local_gpus(64, 1.0, "training on a cluster")  # an autoscaler may add them: Ray decides there
+
+
+def test_an_autoscaling_cluster_is_left_to_ray(ray_session, monkeypatch):
+    """A fixed cluster is judged (tests/test_multinode.py refuses layouts on one); where an autoscaler reports
+    node types of its config, it may add GPU nodes, so nothing is refused."""
+    import json
+
+    import ray.experimental.internal_kv
+
+    assert cluster_may_grow() is False  # this session's local Ray
+    status = {"autoscaler_report": {"active_nodes": {"headgroup": 1}, "idle_nodes": {}, "pending_launches": {}}}
+    monkeypatch.setattr(ray.experimental.internal_kv, "_internal_kv_get", lambda key, **_: json.dumps(status).encode())
+    assert cluster_may_grow() is True
+    monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")
+    check_cluster_gpus(64, 1.0, "training with 64 workers")  # not refused: the autoscaler may add them
 
 
 def test_cpu_actor_keeps_off_the_gpu(ray_session):

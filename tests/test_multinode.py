@@ -69,6 +69,15 @@ def cluster_run(tmp_path_factory):
     return result
 
 
+def test_gpu_layouts_a_fixed_cluster_cannot_place_are_refused_naming_both_numbers(cluster_run):
+    seen = cluster_run["placement"]
+    assert seen["may_grow"] is False  # no autoscaler: the check applies
+    assert "asks for GPUs, but this cluster has none" in seen["no_gpus"] and "CPU 1" in seen["no_gpus"]
+    assert "needs 8 x 1 = 8 GPUs, but this cluster has 4" in seen["eight_of_four"]
+    assert seen["four_of_four"] is None and seen["eight_halves"] is None
+    assert "needs 2 x 3 = 6 GPUs" in seen["two_of_three"]  # one node of 4 holds one worker of 3
+
+
 def test_training_workers_are_spread_over_worker_nodes(cluster_run):
     train = cluster_run["train"]
     first, second = train["first_attempt_nodes"], train["second_attempt_nodes"]
