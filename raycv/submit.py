@@ -60,11 +60,14 @@ def connect(address: str):
     import requests
     from ray.job_submission import JobSubmissionClient
 
+    advice = "start one with `ray start --head` or pass the dashboard URL, e.g. http://HEAD:8265"
     try:
-        requests.get(f"{address.rstrip('/')}/api/version", timeout=CONNECT_TIMEOUT_S)
+        answer = requests.get(f"{address.rstrip('/')}/api/version", timeout=CONNECT_TIMEOUT_S)
     except requests.RequestException as problem:
-        raise RaycvError(f"no Ray cluster answers at --address {address} ({type(problem).__name__}); start one "
-                         f"with `ray start --head` or pass the dashboard URL, e.g. http://HEAD:8265") from None
+        raise RaycvError(f"no Ray cluster answers at --address {address} ({type(problem).__name__}); "
+                         f"{advice}") from None
+    if answer.status_code == 404:  # a web server, a proxy: not a Ray dashboard (an auth refusal is Ray's to say)
+        raise RaycvError(f"no Ray dashboard at --address {address} (it answered HTTP 404 to /api/version); {advice}")
     return JobSubmissionClient(address)
 
 

@@ -30,3 +30,24 @@ def test_unreachable_address_is_one_line_and_exit_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("raycv: error: no Ray cluster answers at --address "
                                                    "http://127.0.0.1:9"), result.stderr
+
+
+def test_an_address_that_is_not_a_ray_dashboard_is_one_line_and_exit_2(tmp_path):
+    """A web server or proxy answers, but not Ray's Jobs API: Ray's client would raise a RuntimeError."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_port}"
+    try:
+        result = subprocess.run([sys.executable, "-m", "raycv.cli", "classify", "synth", "--out", str(tmp_path / "d"),
+                                 "--submit", "--address", address], capture_output=True, text=True, timeout=30,
+                                cwd=tmp_path)
+    finally:
+        server.shutdown()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == (f"raycv: error: no Ray dashboard at --address {address} (it answered HTTP 404 to "
+                        "/api/version); start one with `ray start --head` or pass the dashboard URL, e.g. "
+                        "http://HEAD:8265")
