@@ -107,10 +107,18 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str 
     shapes differ; any other missing layer or shape difference is an error naming it. The weights may
     also be of a network the model uses as its backbone (a torchvision classifier's, under detect's
     detector): they load into that part, their classifier is left out, and the rest of the model stays
-    fresh. Returns the names of the parameters left fresh."""
+    fresh. The file may itself wrap the network (a raycv classifier's checkpoint holds it under `net.`
+    beside its input normalisation): the pairing of the file's and the model's prefixes under which most
+    layers match is used. Returns the names of the parameters left fresh."""
     own = model.state_dict()
     prefixes = [""] + [f"{name}." for name, _ in model.named_modules() if name]
-    prefix = max(prefixes, key=lambda p: sum(f"{p}{key}" in own for key in state))
+    file_prefixes = [""] + sorted({f"{key.split('.', 1)[0]}." for key in state if "." in key})
+
+    def matches(file_prefix: str, prefix: str) -> int:
+        return sum(key.startswith(file_prefix) and f"{prefix}{key[len(file_prefix):]}" in own for key in state)
+
+    file_prefix, prefix = max(((f, p) for f in file_prefixes for p in prefixes), key=lambda pair: matches(*pair))
+    state = {key[len(file_prefix):]: value for key, value in state.items() if key.startswith(file_prefix)}
     if not any(f"{prefix}{key}" in own for key in state):
         raise RaycvError(f"pretrained file {path} matches none of the model's layers (the file has "
                          f"{next(iter(state))}, the model {next(iter(own))}); is it of another architecture?")

@@ -346,6 +346,13 @@ def test_torchvision_backbones_take_their_classification_weights_and_train(task_
     assert all(torch.equal(loaded[key], value) for key, value in classifier.state_dict().items() if key in loaded)
     assert len(loaded) == len([key for key in classifier.state_dict() if key.split(".")[0] not in ("fc", "classifier")])
     assert fresh == []
+    # A raycv classifier's checkpoint holds the network under `net.`, beside its input normalisation.
+    wrapped = {"mean": torch.zeros(3), "std": torch.ones(3),
+               **{f"net.{key}": value + 1 for key, value in classifier.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "raycv_classifier.pt")
+    load_pretrained(model, read_pretrained(str(tmp_path / "raycv_classifier.pt")), None, "raycv_classifier.pt")
+    loaded = backbone.body.state_dict()
+    assert all(torch.equal(loaded[key], value + 1) for key, value in classifier.state_dict().items() if key in loaded)
     losses = []
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(4):
