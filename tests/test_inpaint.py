@@ -3,6 +3,7 @@ the alpha channel, and the fill verb, eval-photos and the Serve route on an in-p
 
 from __future__ import annotations
 
+import base64
 import io
 
 import httpx
@@ -16,10 +17,13 @@ from conftest import png_bytes, saved_checkpoint, served, train_steps
 from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.data import quality
+from raycv.data.images import encode_png
+from raycv.data.photos import PHOTO_NAMES
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.tasks import get_task
-from raycv.tasks.inpaint import check_mask, hole_masks, moved_holes, parse_hole, smooth_fill, telea, with_hole
+from raycv.tasks.inpaint import (check_mask, hole_masks, moved_holes, parse_hole, random_masks, score_photos,
+                                 smooth_fill, telea, with_hole)
 from raycv.tasks.routes import answer_image
 
 TASK = get_task("inpaint")
@@ -53,6 +57,44 @@ def test_hole_masks_and_moved_holes():
     moved = moved_holes(torch.tensor([[0, 0, 21]] * 500), 64)
     assert (moved[:, 2] == 21).all() and moved[:, :2].min() == 0 and moved[:, :2].max() == 64 - 21
     assert len(set(map(tuple, moved[:, :2].tolist()))) > 300
+
+
+def test_training_masks_vary_in_shape_and_size():
+    masks = random_masks(300, 64)
+    assert masks.shape == (300, 1, 64, 64) and set(masks.unique().tolist()) == {0.0, 1.0}
+    coverage = masks.mean(dim=(1, 2, 3))
+    assert coverage.min() > 0 and coverage.max() < 0.5 and coverage.quantile(0.9) > 3 * coverage.quantile(0.1)
+    # How much of its bounding box each hole fills: 1 for rectangles, pi/4 for ellipses, less for strokes.
+    fills = []
+    for mask in masks[:, 0].bool():
+        rows, columns = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
+        fills.append(float(mask.sum() / box))
+    fills = np.array(fills)
+    assert (fills == 1).mean() > 0.2 and ((fills > 0.65) & (fills < 0.9)).mean() > 0.15 and (fills < 0.6).mean() > 0.15
+
+
+def test_training_crops_of_named_photos_leave_the_others_to_eval_photos():
+    params = {**SMALL, "photos": "brick,grass"}
+    meta = TASK.dataset_meta(params)
+    assert meta["training_photos"] == ["brick", "grass"] and meta["source"] == "photos brick,grass"
+    first = TASK.synthesize_sample(np.random.default_rng([3, 1]), params)
+    assert first["image"] == TASK.synthesize_sample(np.random.default_rng([3, 1]), params)["image"]
+    assert first["image"] != TASK.synthesize_sample(np.random.default_rng([3, 1]), SMALL)["image"]  # not dead leaves
+    with pytest.raises(RaycvError, match="invalid photos='brick,lena': expected comma-separated names of astronaut"):
+        TASK.dataset_meta({**SMALL, "photos": "brick,lena"})
+    with pytest.raises(RaycvError, match="images_dir or photos, not both"):
+        TASK.dataset_meta({**SMALL, "photos": "brick", "images_dir": "."})
+
+    class Loaded:
+        dataset_meta = {"image_size": [64, 64], "hole_size": 21,
+                        "training_photos": [name for name in PHOTO_NAMES if name not in ("coins", "moon")]}
+
+    def unchanged(loaded, images):  # the pixels back as they came: what is checked is which photos are scored
+        return [{"image_png": base64.b64encode(encode_png(image[..., :3])).decode()} for image in images]
+
+    rows = score_photos(Loaded(), unchanged)
+    assert [row["image"] for row in rows] == ["coins", "moon", "mean"]
 
 
 def test_masks_from_users_are_validated():

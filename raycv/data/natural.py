@@ -12,11 +12,13 @@ takes crops of any image folder instead.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
 from raycv.data import procedural
-from raycv.data.scenes import background_files
+from raycv.data.formats import image_files
 
 
 def power_law_radius(rng: np.random.Generator, low: float, high: float, exponent: float = 3.0) -> float:
@@ -116,8 +118,10 @@ def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
     return procedural.to_uint8(image)
 
 
+@functools.lru_cache(maxsize=4)
 def image_folder_files(folder: str) -> tuple[str, ...]:
-    return background_files(folder)  # the same cached listing scenes use
+    """The images of --param images_dir, listed once per process (each synthesized row picks one)."""
+    return tuple(image_files(folder, "images_dir"))
 
 
 def photo_crop(rng: np.random.Generator, folder: str, size: int) -> np.ndarray:
@@ -126,23 +130,53 @@ def photo_crop(rng: np.random.Generator, folder: str, size: int) -> np.ndarray:
     scale as well as place. Photos smaller than `size` are enlarged first."""
     files = image_folder_files(folder)
     with Image.open(files[rng.integers(len(files))]) as photo:
-        photo = photo.convert("RGB")
-        if min(photo.size) < size:
-            factor = size / min(photo.size)
-            photo = photo.resize((max(size, round(photo.width * factor)), max(size, round(photo.height * factor))),
-                                 Image.BICUBIC)
-        side = int(min(min(photo.size), size * rng.uniform(1.0, 2.0)))
-        left = int(rng.integers(0, photo.width - side + 1))
-        top = int(rng.integers(0, photo.height - side + 1))
-        crop = photo.crop((left, top, left + side, top + side))
-        if side != size:
-            crop = crop.resize((size, size), Image.BICUBIC, reducing_gap=None)
+        return random_crop(rng, photo.convert("RGB"), size)
+
+
+def random_crop(rng: np.random.Generator, photo: Image.Image, size: int) -> np.ndarray:
+    """A square of 1 to 2 times `size` (as the RGB photo allows) at a random place, shrunk to `size`."""
+    if min(photo.size) < size:
+        factor = size / min(photo.size)
+        photo = photo.resize((max(size, round(photo.width * factor)), max(size, round(photo.height * factor))),
+                             Image.BICUBIC)
+    side = int(min(min(photo.size), size * rng.uniform(1.0, 2.0)))
+    left = int(rng.integers(0, photo.width - side + 1))
+    top = int(rng.integers(0, photo.height - side + 1))
+    crop = photo.crop((left, top, left + side, top + side))
+    if side != size:
+        crop = crop.resize((size, size), Image.BICUBIC, reducing_gap=None)
     return np.asarray(crop)
 
 
-def training_crop(rng: np.random.Generator, size: int, images_dir: str = "") -> np.ndarray:
-    """The crop a pixel task trains on: a photo crop when `images_dir` is given, else dead leaves."""
-    return photo_crop(rng, images_dir, size) if images_dir else dead_leaves(rng, size)
+def training_crop(rng: np.random.Generator, size: int, images_dir: str = "", photos: str = "") -> np.ndarray:
+    """The crop a pixel task trains on: a crop of a folder's image when `images_dir` is given, of one of the
+    bundled photographs named in `photos` (comma-separated, raycv.data.photos) when that is, else dead leaves."""
+    if images_dir:
+        return photo_crop(rng, images_dir, size)
+    if photos:
+        named = parse_photo_names(photos)
+        return random_crop(rng, Image.fromarray(bundled_photos(named)[named[rng.integers(len(named))]]), size)
+    return dead_leaves(rng, size)
+
+
+def parse_photo_names(photos: str) -> tuple[str, ...]:
+    """`photos=a,b,c` as the bundled photographs it names; an unknown name is an error naming the valid ones."""
+    from raycv.data.photos import PHOTO_NAMES
+    from raycv.errors import RaycvError
+
+    names = tuple(name.strip() for name in photos.split(",") if name.strip())
+    unknown = [name for name in names if name not in PHOTO_NAMES]
+    if unknown or not names:
+        raise RaycvError(f"invalid photos={photos!r}: expected comma-separated names of {', '.join(PHOTO_NAMES)}")
+    return names
+
+
+@functools.lru_cache(maxsize=4)
+def bundled_photos(names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named photographs, loaded once per process (a synthesis task crops many rows from them)."""
+    from raycv.data.photos import real_photos
+
+    return real_photos(names)
 
 
 def check_images_dir(images_dir: str) -> None:

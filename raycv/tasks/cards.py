@@ -159,6 +159,10 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         TrainConfig(model="unet_resnet18", width=0.5, epochs=8, batch_size=16, lr=2e-3, optimizer="adamw",
                     weight_decay=1e-4, amp="off", cpus_per_worker=2),
         ("unet_resnet18",),
+        train_options={
+            "masks": ("varied", "training holes: varied (rectangles, ellipses and brush strokes of many sizes) "
+                                "or square (the book's, hole_size wide)"),
+        },
         synth_sizes={"train": 3000, "val": 200}),
     TaskCard(
         "compress_ae", "learned image compression: autoencoder with a quantized latent (bits per pixel)",

@@ -42,8 +42,8 @@ from raycv.config import TrainConfig
 from raycv.data.augment import random_dihedral
 from raycv.data.figures import side_by_side, write_png
 from raycv.data.images import as_batch, decode_image, encode_png, to_model_input, to_uint8_images
-from raycv.data.natural import check_images_dir, training_crop
-from raycv.data.photos import real_photos
+from raycv.data.natural import check_images_dir, parse_photo_names, training_crop
+from raycv.data.photos import PHOTO_NAMES, real_photos
 from raycv.data.quality import masked_psnr
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
@@ -75,6 +75,50 @@ def moved_holes(holes: torch.Tensor, size: int) -> torch.Tensor:
     side = holes[:, 2]
     corners = (torch.rand(len(holes), 2, device=holes.device) * (size - side + 1)[:, None]).long()
     return torch.cat([corners, side[:, None]], dim=1)
+
+
+def random_masks(count: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(count, 1, size, size) float training holes of varied shapes and sizes, a third each: rectangles of any
+    aspect (the book's square among them), rotated ellipses, and free-form brush strokes (polylines of 2-5
+    segments, 3-12 % of the side wide), drawn on the trainer's device. Every hole leaves most of the image
+    known and covers at least one pixel."""
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, *shape, device=device)
+
+    centres = torch.arange(size, device=device, dtype=torch.float32) + 0.5
+    y, x = (grid[None] for grid in torch.meshgrid(centres, centres, indexing="ij"))  # 1, S, S
+
+    def per_image(t: torch.Tensor) -> torch.Tensor:
+        return t.view(count, 1, 1)
+
+    width, height = uniform(0.1, 0.5) * size, uniform(0.1, 0.5) * size
+    left, top = uniform(0, 1) * (size - width), uniform(0, 1) * (size - height)
+    rectangles = ((x >= per_image(left)) & (x < per_image(left + width))
+                  & (y >= per_image(top)) & (y < per_image(top + height)))
+
+    angle = uniform(0, np.pi)
+    dx, dy = x - per_image(uniform(0.2, 0.8) * size), y - per_image(uniform(0.2, 0.8) * size)
+    along = dx * per_image(angle.cos()) + dy * per_image(angle.sin())
+    across = -dx * per_image(angle.sin()) + dy * per_image(angle.cos())
+    radius_along, radius_across = (per_image(uniform(0.06, 0.3) * size) for _ in range(2))
+    ellipses = (along / radius_along) ** 2 + (across / radius_across) ** 2 <= 1
+
+    # A random walk of 6 points; segments beyond a per-image count of 2-5 are collapsed onto their start.
+    steps = torch.randn(count, 5, 2, device=device) * size * 0.2
+    points = torch.cat([uniform(0.2, 0.8, 1, 2) * size, steps], dim=1).cumsum(dim=1).clamp(0, size - 1)
+    used = torch.arange(5, device=device)[None] < torch.randint(2, 6, (count, 1), device=device)
+    starts, ends = points[:, :-1], torch.where(used[..., None], points[:, 1:], points[:, :-1])
+    pixels = torch.stack([x.flatten(), y.flatten()], dim=-1)  # S*S, 2
+    direction = ends - starts  # N, 5, 2
+    t = (((pixels[None, None] - starts[:, :, None]) * direction[:, :, None]).sum(-1)
+         / direction.pow(2).sum(-1, keepdim=True).clamp(min=1e-6)).clamp(0, 1)  # N, 5, S*S
+    nearest = starts[:, :, None] + t[..., None] * direction[:, :, None]
+    distance = (pixels[None, None] - nearest).norm(dim=-1).amin(dim=1).view(count, size, size)
+    strokes = distance <= per_image(uniform(0.03, 0.12) * size / 2).clamp(min=1)
+
+    kind = torch.randint(0, 3, (count, 1, 1), device=device)
+    masks = torch.where(kind == 0, rectangles, torch.where(kind == 1, ellipses, strokes))
+    return masks.unsqueeze(1).float()
 
 
 def check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -218,8 +262,9 @@ def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] |
     """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
     With `out`, a side-by-side PNG of each photo's first crop."""
     size, hole_side = int(loaded.dataset_meta["image_size"][0]), int(loaded.dataset_meta["hole_size"])
+    trained_on = loaded.dataset_meta.get("training_photos", [])
     rows = []
-    for name, photo in real_photos(names).items():
+    for name, photo in real_photos(names or tuple(n for n in PHOTO_NAMES if n not in trained_on)).items():
         crops = photo_crops(photo, name, size, hole_side, PHOTO_CROPS)
         if not crops:
             continue
@@ -262,7 +307,7 @@ class InpaintTask(Task):
     card = CARDS["inpaint"]
     metric = "psnr_hole"
     metric_mode = "max"
-    synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": ""}
+    synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": "", "photos": ""}
     image_mode = "RGBA"
     routes = {"fill": (no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
 
@@ -273,12 +318,17 @@ class InpaintTask(Task):
                              "e.g. 128")
         if not 1 <= hole < size:
             raise RaycvError(f"invalid hole_size={hole}: expected 1 <= hole_size < image_size={size}")
+        if params["images_dir"] and params["photos"]:
+            raise RaycvError("give images_dir or photos, not both: the crops come from one source")
         check_images_dir(params["images_dir"])
-        return {"image_size": [size, size], "hole_size": hole, "source": params["images_dir"] or "dead leaves"}
+        photos = parse_photo_names(params["photos"]) if params["photos"] else ()
+        source = params["images_dir"] or (f"photos {','.join(photos)}" if photos else "dead leaves")
+        # eval-photos scores the bundled photographs this list leaves out.
+        return {"image_size": [size, size], "hole_size": hole, "source": source, "training_photos": list(photos)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         size, hole = int(params["image_size"]), int(params["hole_size"])
-        image = training_crop(rng, size, params["images_dir"])
+        image = training_crop(rng, size, params["images_dir"], params["photos"])
         x, y = rng.integers(0, size - hole + 1, 2)
         return {"image": encode_png(image), "hole": np.array([x, y, hole], dtype=np.int64)}  # x, y, side
 
@@ -291,11 +341,14 @@ class InpaintTask(Task):
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         images = random_dihedral(to_model_input(batch["image"]))[0]
-        return {"image": images, "hole": moved_holes(batch["hole"], images.shape[-1])}
+        size = images.shape[-1]
+        if cfg.extra.get("masks", "varied") == "square":
+            return {"image": images, "mask": hole_masks(moved_holes(batch["hole"], size), size)}
+        return {"image": images, "mask": random_masks(len(images), size, images.device)}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         images = to_model_input(batch["image"])
-        masks = hole_masks(batch["hole"], images.shape[-1])
+        masks = batch["mask"] if "mask" in batch else hole_masks(batch["hole"], images.shape[-1])
         filled = model(torch.cat([images, masks], dim=1))[:, :3]
         return masked_mse(filled, images, masks)
 
