@@ -72,6 +72,8 @@ def test_training_masks_vary_in_shape_and_size():
         fills.append(float(mask.sum() / box))
     fills = np.array(fills)
     assert (fills == 1).mean() > 0.2 and ((fills > 0.65) & (fills < 0.9)).mean() > 0.15 and (fills < 0.6).mean() > 0.15
+    with pytest.raises(RaycvError, match="invalid masks='circle': expected varied or square"):
+        TASK.card.check_options({"masks": "circle"})
 
 
 def test_training_crops_of_named_photos_leave_the_others_to_eval_photos():

@@ -163,6 +163,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
             "masks": ("varied", "training holes: varied (rectangles, ellipses and brush strokes of many sizes) "
                                 "or square (the book's, hole_size wide)"),
         },
+        option_checks={"masks": (lambda value: value in ("varied", "square"), "varied or square")},
         synth_sizes={"train": 3000, "val": 200}),
     TaskCard(
         "compress_ae", "learned image compression: autoencoder with a quantized latent (bits per pixel)",
