@@ -76,7 +76,11 @@ def registered_checkpoints(run_dir: str) -> list[int]:
     snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
     if not storage.exists(snapshot):
         return []
-    return sorted(result["metrics"]["epoch"] for result in storage.read_json(snapshot)["checkpoint_results"])
+    try:
+        results = storage.read_json(snapshot)["checkpoint_results"]
+    except json.JSONDecodeError:  # the controller is writing it right now: look again at the next poll
+        return []
+    return sorted(result["metrics"]["epoch"] for result in results)
 
 
 def scenario_train(cluster, workdir: Path) -> dict:

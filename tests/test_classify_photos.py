@@ -82,16 +82,19 @@ def zoo_run(ray_session, photo_folder, workdir):
 
     task = get_task("classify")
     cfg = task.default_config().replace(
-        model="torchvision.resnet18", epochs=3, workers=2, cpus_per_worker=0.5, batch_size=8, optimizer="adamw",
-        lr=2e-3, weight_decay=0.01, storage=str(workdir / "runs"), name="zoo",
+        model="torchvision.resnet18", epochs=4, workers=2, cpus_per_worker=0.5, batch_size=8, optimizer="adamw",
+        lr=1e-3, weight_decay=0.01, storage=str(workdir / "runs"), name="zoo",
         extra={"image_size": "64", "class_weighting": "balanced", "tta": "flip"})
     return fit(task, cfg, photo_folder)
 
 
 def test_zoo_model_trains_with_two_workers_and_skips_exactly_the_truncated_file(zoo_run):
     history = zoo_run.history
-    assert [row["workers"] for row in history] == [2, 2, 2]
-    assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.9
+    assert [row["workers"] for row in history] == [2, 2, 2, 2]
+    # Six steps a worker per epoch on 72 photos: an epoch's mean loss is noisy (0.72 after 0.66 in one run), so
+    # the loss must fall below the first epoch's by a margin at some epoch, and the classes be learnt.
+    assert min(row["train_loss"] for row in history[1:]) < history[0]["train_loss"] * 0.8
+    assert history[-1]["val_accuracy"] >= 0.9
     assert {row["skipped_files"] for row in history} == {1}
 
 
