@@ -10,9 +10,11 @@ at zero, so training starts from the prior rather than from grey. Outside the ho
 exactly, so only the hole is ever the network's.
 The loss is the mean squared error inside the hole, the quantity PSNR measures.
 
-Data: dead-leaves crops (raycv.data.natural) or, with --param images_dir=DIR, crops of any image
-folder; each stored row carries one hole (the validation holes are fixed), and training draws a new
-hole per sample and step.
+Data: dead-leaves crops (raycv.data.natural), crops of any image folder (--param images_dir=DIR) or of
+bundled photographs by name (--param photos=brick,grass,...; eval-photos then scores the others). Each
+stored row carries one square hole, the book's (the validation holes are fixed); training draws new holes
+per sample and step: of varied shapes and sizes (random_masks) or, with --masks square, the book's square
+moved.
 
 Metrics (val): psnr_hole (the model), psnr_hole_telea (cv2.inpaint, Telea, radius 3), psnr_gain (model
 minus Telea), psnr_hole_prior (the smooth prior alone: what the network adds) and the loss.
