@@ -1,5 +1,6 @@
 """The held-out test photographs of the pixel tasks: the ones scikit-image and scikit-learn ship, which no
-pixel task (superres, inpaint, compress_ae) ever trains on. The photo-crops classification set
+pixel task (superres, inpaint, compress_ae) trains on unless told to by name (inpaint's --param photos, whose
+eval-photos then scores only the others). The photo-crops classification set
 (data/photo_crops.py) is made of crops of them: a classifier trained there must never score the pixel tasks.
 
 numpy, scikit-image and scikit-learn are imported by `real_photos` alone: the command line lists
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Every photograph scikit-image ships (drawings, scans and synthetic images left out), and the two
-# scikit-learn ships. No pixel task trains on them.
+# scikit-learn ships.
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
                   "immunohistochemistry", "moon", "retina", "rocket")
 SKLEARN_PHOTOS = ("china", "flower")
