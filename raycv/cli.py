@@ -139,10 +139,16 @@ def check_user_data(task, data: str, cfg: TrainConfig) -> None:
         read_pretrained(cfg.pretrained)
 
 
-def init_ray_for(args: argparse.Namespace) -> None:
+def init_ray_for(args: argparse.Namespace, gpu_layout: tuple[int, float, str] | None = None) -> None:
+    """Start or join Ray; with `gpu_layout` (processes, GPUs each, what), refuse, once joined to a cluster, a
+    layout it can never place (the local machine's was checked before Ray started)."""
     from raycv.runtime import init_ray
 
     init_ray(verbose=args.verbose)
+    if gpu_layout is not None:
+        from raycv.devices import check_cluster_gpus
+
+        check_cluster_gpus(*gpu_layout)
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +197,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_train(args: argparse.Namespace) -> None:
     cfg = config_from_args(args.task, args)
     require_path(args.data, "dataset")
-    from raycv.devices import check_cluster_gpus, check_local_gpus
+    from raycv.devices import check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.train import fit
@@ -201,8 +207,7 @@ def run_train(args: argparse.Namespace) -> None:
 
     task = get_task(args.task)
     check_user_data(task, args.data, cfg)
-    init_ray_for(args)
-    check_cluster_gpus(*gpu_layout)
+    init_ray_for(args, gpu_layout)
     result = fit(task, cfg, args.data)
     print(table([result.best_metrics], f"best epoch of {result.run_dir}"))
     print(f"best checkpoint: {result.best_checkpoint}")
@@ -230,7 +235,7 @@ def run_tune(args: argparse.Namespace) -> None:
                              f"worker {share:g} of a GPU, and NCCL cannot put two ranks on one GPU; give whole GPUs "
                              f"per worker (--gpus-per-trial {cfg.workers}) or share GPUs with --workers 1")
         cfg = cfg.replace(gpu=True, gpus_per_worker=share)
-    from raycv.devices import check_cluster_gpus, check_local_gpus
+    from raycv.devices import check_local_gpus
     from raycv.report import table
     from raycv.tasks import get_task
     from raycv.tune import parse_space, sweep
@@ -240,8 +245,7 @@ def run_tune(args: argparse.Namespace) -> None:
     check_local_gpus(*gpu_layout)
     task = get_task(args.task)
     check_user_data(task, args.data, cfg)
-    init_ray_for(args)
-    check_cluster_gpus(*gpu_layout)
+    init_ray_for(args, gpu_layout)
     result = sweep(task, cfg, args.data, space, name=cfg.name or "sweep", samples=args.samples,
                    max_concurrent=args.max_concurrent, asha=args.asha, grace_period=args.grace_period)
     print(table([{k: v for k, v in row.items() if k != "checkpoint"} for row in result.rows],
@@ -355,13 +359,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
 def run_serve(args: argparse.Namespace) -> None:
     options = options_from_args(ServeOptions, args, task=args.task)
     require_path(args.checkpoint, "checkpoint")
-    from raycv.devices import check_cluster_gpus, check_local_gpus
+    from raycv.devices import check_local_gpus
     from raycv.serve import run_server
 
     gpu_layout = (options.max_replicas, options.gpu, f"serving up to {options.max_replicas} replicas")
     check_local_gpus(*gpu_layout)
-    init_ray_for(args)
-    check_cluster_gpus(*gpu_layout)
+    init_ray_for(args, gpu_layout)
     run_server(options, args.host, args.port, verbose=args.verbose)
 
 

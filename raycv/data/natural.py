@@ -154,21 +154,11 @@ def training_crop(rng: np.random.Generator, size: int, images_dir: str = "", pho
     if images_dir:
         return photo_crop(rng, images_dir, size)
     if photos:
+        from raycv.data.photos import parse_photo_names
+
         named = parse_photo_names(photos)
         return random_crop(rng, Image.fromarray(bundled_photos(named)[named[rng.integers(len(named))]]), size)
     return dead_leaves(rng, size)
-
-
-def parse_photo_names(photos: str) -> tuple[str, ...]:
-    """`photos=a,b,c` as the bundled photographs it names; an unknown name is an error naming the valid ones."""
-    from raycv.data.photos import PHOTO_NAMES
-    from raycv.errors import RaycvError
-
-    names = tuple(name.strip() for name in photos.split(",") if name.strip())
-    unknown = [name for name in names if name not in PHOTO_NAMES]
-    if unknown or not names:
-        raise RaycvError(f"invalid photos={photos!r}: expected comma-separated names of {', '.join(PHOTO_NAMES)}")
-    return names
 
 
 @functools.lru_cache(maxsize=4)

@@ -25,6 +25,15 @@ SKLEARN_PHOTOS = ("china", "flower")
 PHOTO_NAMES = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
 
 
+def parse_photo_names(photos: str) -> tuple[str, ...]:
+    """`photos=a,b,c` (a pixel task's synth parameter) as the bundled photographs it names; an unknown name is
+    an error naming the valid ones."""
+    names = tuple(name.strip() for name in photos.split(",") if name.strip())
+    if not names or any(name not in PHOTO_NAMES for name in names):
+        raise RaycvError(f"invalid photos={photos!r}: expected comma-separated names of {', '.join(PHOTO_NAMES)}")
+    return names
+
+
 def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """name -> uint8 (H, W, 3) RGB (grey photos repeated to three channels), in a fixed order."""
     import numpy as np

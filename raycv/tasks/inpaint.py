@@ -44,8 +44,8 @@ from raycv.config import TrainConfig
 from raycv.data.augment import random_dihedral
 from raycv.data.figures import side_by_side, write_png
 from raycv.data.images import as_batch, decode_image, encode_png, to_model_input, to_uint8_images
-from raycv.data.natural import check_images_dir, parse_photo_names, training_crop
-from raycv.data.photos import PHOTO_NAMES, real_photos
+from raycv.data.natural import check_images_dir, training_crop
+from raycv.data.photos import PHOTO_NAMES, parse_photo_names, real_photos
 from raycv.data.quality import masked_psnr
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
