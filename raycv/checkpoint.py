@@ -96,8 +96,9 @@ def read_pretrained(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-# The names torchvision's classification networks give their classifier.
-CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads")
+# The names torchvision's classification networks give their classifier, and raycv's detector its output layers
+# (its weights may seed segment's pyramid segmenter, which shares the detector's body).
+CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "heatmap_tower", "box_tower", "output")
 
 
 def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str | None, path: str) -> list[str]:
@@ -142,15 +143,20 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str 
             raise RaycvError(f"pretrained file {path} does not fit layer {key}: the file's shape "
                              f"{tuple(renamed[key].shape)}, the model's {tuple(value.shape)}")
     unexpected = sorted(set(renamed) - set(own))
-    leftover_classifier = [key for key in unexpected if key[len(prefix):].split(".", 1)[0] in CLASSIFIER_NAMES]
-    if prefix and len(leftover_classifier) == len(unexpected):
-        # A classification network's weights loaded into a backbone (detect's torchvision backbones): the
-        # classifier has no place there.
-        unexpected = []
-        renamed = {key: value for key, value in renamed.items() if key in own}
-    if unexpected:
-        raise RaycvError(f"pretrained file {path} has layers the model lacks, e.g. {unexpected[0]}; is it of "
+    modules = {name for name, _ in model.named_modules()}
+
+    def missing_layer(key: str) -> str:
+        """The first module on `key`'s path the model lacks (box_tower for net.box_tower.0.weight)."""
+        parts = key.split(".")
+        return next(part for index, part in enumerate(parts) if ".".join(parts[:index + 1]) not in modules)
+
+    # A classification network's weights loaded into a backbone (detect's torchvision backbones), or a detector's
+    # into the segmenter built on its body: the classifier or the detection heads have no place there.
+    unknown = [key for key in unexpected if missing_layer(key) not in CLASSIFIER_NAMES]
+    if unknown:
+        raise RaycvError(f"pretrained file {path} has layers the model lacks, e.g. {unknown[0]}; is it of "
                          "another architecture?")
+    renamed = {key: value for key, value in renamed.items() if key in own}
     model.load_state_dict(renamed, strict=False)
     return fresh
 

@@ -174,19 +174,37 @@ def test_crowd_regions_are_ignored_in_training_and_evaluation(ray_session, tmp_p
     assert float(detection_loss(only_object, batch["boxes"], batch["labels"], 2)) > loss[1] + 5  # a missed object
 
 
-def test_training_views_keep_boxes_and_masks_on_their_objects(tmp_path):
+@pytest.mark.parametrize("crop", [None, 32])
+def test_training_views_keep_boxes_and_masks_on_their_objects(crop):
     rows = scene_rows(6, seed=3)
-    meta = {**DETECT.dataset_meta(PARAMS), "image_size": [64, 64], "format": "coco"}
+    meta = {**DETECT.dataset_meta(PARAMS), "image_size": [64, 64], "format": "coco",
+            **({"crop_size": crop} if crop else {})}
     batch = as_batch(rows, keys=("id", "image", "annotations"))  # as users' rows: masks from the annotations
     torch.manual_seed(0)
     views = DETECT.decode_train(batch, meta)
-    assert views["image"].shape == (6, 64, 64, 3)
+    side = crop or 64
+    assert views["image"].shape == (6, side, side, 3) and views["semantic"].shape == (6, side, side)
+    kept = 0
     for semantic, boxes, labels in zip(views["semantic"], views["boxes"], views["labels"], strict=True):
         for box, label in zip(boxes, labels, strict=True):
             if label < 0:
                 continue
+            kept += 1
+            assert 0 <= box[0] < box[2] <= side and 0 <= box[1] < box[3] <= side
             x1, y1, x2, y2 = np.floor(box).astype(int)
             assert (semantic[y1:y2 + 1, x1:x2 + 1] == label + 1).any()  # the object's pixels are inside its box
+    assert kept >= 6
+
+
+def test_crop_size_is_checked_against_the_image_size_and_the_set():
+    cfg = DETECT.default_config()
+    options = {**cfg.extra, "image_size": "64", "crop_size": "32"}
+    meta = DETECT.training_meta({"classes": ["a"], "format": "coco"}, cfg.replace(extra=options))
+    assert meta["image_size"] == [64, 64] and meta["crop_size"] == 32
+    with pytest.raises(RaycvError, match="invalid --crop-size 96: larger than the image size 64"):
+        DETECT.training_meta({"classes": ["a"], "format": "coco"}, cfg.replace(extra={**options, "crop_size": "96"}))
+    with pytest.raises(RaycvError, match="--crop-size applies to COCO and YOLO sets"):
+        DETECT.training_meta({"classes": ["a"], "image_size": [64, 64]}, cfg.replace(extra=options))
 
 
 @pytest.mark.parametrize(("case", "expected"), [
@@ -362,6 +380,26 @@ def test_torchvision_backbones_take_their_classification_weights_and_train(task_
         optimizer.step()
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_a_detectors_checkpoint_seeds_the_pyramid_segmenter(tmp_path):
+    from raycv.checkpoint import load_pretrained, read_pretrained
+
+    meta = {**DETECT.dataset_meta(PARAMS), "image_size": [64, 64]}
+    detector = DETECT.build_model(DETECT.default_config().replace(model="resnet18", width=0.25), meta)
+    torch.save(detector.state_dict(), tmp_path / "detector.pt")
+    segment = get_task("segment")
+    segmenter = segment.build_model(segment.default_config().replace(model="fpn_resnet18", width=0.25), meta)
+    fresh = load_pretrained(segmenter, read_pretrained(str(tmp_path / "detector.pt")), segment.head(segmenter, meta),
+                            "detector.pt")
+    body = segmenter.state_dict()
+    shared = [key for key in detector.state_dict() if key in body]
+    assert len(shared) > 50 and all(torch.equal(body[key], detector.state_dict()[key]) for key in shared)
+    assert fresh and all(key.startswith("net.head.") for key in fresh)
+    # The detection heads are left out; a layer that is neither the model's nor a known head is still an error.
+    torch.save({**detector.state_dict(), "net.extra.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(RaycvError, match="has layers the model lacks, e.g. net.extra.weight"):
+        load_pretrained(segmenter, read_pretrained(str(tmp_path / "other.pt")), "net.head", "other.pt")
 
 
 def test_coin_photo_set_is_a_coco_set_pycocotools_reads_whole(tmp_path):

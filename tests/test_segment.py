@@ -19,7 +19,8 @@ from raycv.cli import main
 from raycv.synth import open_dataset, sample_generator, synthesize
 from raycv.errors import RaycvError
 from raycv.inference import evaluate_checkpoint, predict
-from raycv.models.unet import UNet
+from raycv.models.detection import CenterDetector
+from raycv.models.unet import BACKGROUND_PRIOR, PyramidSegmenter, UNet
 from raycv.tasks import get_task
 from raycv.tasks.segment import class_map_from_answer, danmu_from_answer, draw_danmu, scores_from_confusion
 from raycv.train import build_optimizer, fit, train_step
@@ -36,8 +37,9 @@ def scene_batch(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     return TASK.decode(stored, TASK.dataset_meta(params))
 
 
-def test_unet_keeps_the_input_size_and_refuses_sides_not_multiple_of_32():
-    model = UNet(num_classes=5, width=0.25).eval()
+@pytest.mark.parametrize("network", [UNet, PyramidSegmenter])
+def test_networks_keep_the_input_size_and_refuse_sides_not_multiple_of_32(network):
+    model = network(num_classes=5, width=0.25).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 96)).shape == (2, 5, 64, 96)
         with pytest.raises(RaycvError, match=r"100x100 pixels.*multiples of 32"):
@@ -46,10 +48,39 @@ def test_unet_keeps_the_input_size_and_refuses_sides_not_multiple_of_32():
         TASK.build_model(TASK.default_config(), {"classes": ["star"], "image_size": [100, 100]})
 
 
-def test_training_steps_lower_the_loss():
+def test_networks_start_out_calling_pixels_background_and_the_pyramid_takes_a_detectors_layers():
+    for model in (UNet(num_classes=3, width=0.25), PyramidSegmenter(num_classes=3, width=0.25)):
+        classifier = model.classifier[-1] if isinstance(model, UNet) else model.head["classifier"]
+        assert torch.allclose(classifier.bias.softmax(dim=0), torch.tensor([BACKGROUND_PRIOR, 0.1, 0.1]))
+    detector = CenterDetector(num_classes=2, width=0.25).state_dict()
+    heads = ("heatmap_tower", "box_tower", "output")
+    body = {key: value for key, value in detector.items() if not key.startswith(heads)}
+    segmenter = PyramidSegmenter(num_classes=3, width=0.25)
+    loaded = segmenter.load_state_dict(body, strict=False)
+    assert not loaded.unexpected_keys
+    assert {key.split(".")[0] for key in loaded.missing_keys} == {"head"}
+    assert len(loaded.missing_keys) >= len(list(segmenter.head.parameters()))
+
+
+def test_flip_tta_averages_each_logit_map_with_its_mirrors_flipped_back():
+    meta = {"classes": ["a", "b"], "image_size": [64, 64]}
+    cfg = TASK.default_config().replace(model="fpn_resnet18", width=0.25)
+    plain = TASK.build_model(cfg, meta).eval()
+    averaged = TASK.build_model(cfg.replace(extra={**cfg.extra, "tta": "flip"}), meta).eval()
+    averaged.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(-1)).flip(-1)) / 2
+        assert torch.allclose(averaged(x), expected, atol=1e-5)
+        assert torch.allclose(averaged(x.flip(-1)).flip(-1), averaged(x), atol=1e-5)  # mirror-equivariant
+        assert not torch.allclose(plain(x.flip(-1)).flip(-1), plain(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("model", ["unet_resnet18", "fpn_resnet18"])
+def test_training_steps_lower_the_loss(model):
     torch.manual_seed(0)
     batch = {key: torch.from_numpy(value) for key, value in scene_batch(8).items()}
-    cfg = TASK.default_config().replace(width=0.25, lr=3e-3, epochs=1, amp="off")
+    cfg = TASK.default_config().replace(model=model, width=0.25, lr=3e-3, epochs=1, amp="off")
     meta = {"classes": list(TASK.dataset_meta(TASK.synth_defaults)["classes"]), "image_size": [64, 64]}
     model = TASK.build_model(cfg, meta)
     optimizer, scheduler = build_optimizer(model, cfg.replace(schedule="constant"), steps_per_epoch=30)

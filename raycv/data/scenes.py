@@ -279,11 +279,12 @@ def scene_arrays(image_bytes: bytes, mask_bytes: bytes | None,
     return image, coco.instance_map(objects, *image.shape[:2])
 
 
-def jittered_scene(image: np.ndarray, instances: np.ndarray, boxes: np.ndarray,
-                   side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def jittered_scene(image: np.ndarray, instances: np.ndarray, boxes: np.ndarray, side: int,
+                   crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A training view of a photo (transforms.v2 on tv_tensors, so boxes and masks follow the pixels): the
-    letterbox scale times a random factor, a random side x side window (padded where the photo is smaller),
-    a horizontal flip and colour jitter. Returns (image, instance map, boxes xyxy, indices of the boxes kept)."""
+    scale of its side x side letterbox times a random factor, a random crop x crop window (padded where the
+    photo is smaller), a horizontal flip and colour jitter. Returns (image, instance map, boxes xyxy, indices
+    of the boxes kept)."""
     import torch
     from torchvision import tv_tensors
     from torchvision.transforms import v2
@@ -294,7 +295,7 @@ def jittered_scene(image: np.ndarray, instances: np.ndarray, boxes: np.ndarray,
     factor = letterbox_scale(height, width, side) * float(torch.empty(1).uniform_(*TRAIN_SCALE_RANGE))
     transform = v2.Compose([
         v2.Resize([max(1, round(height * factor)), max(1, round(width * factor))], antialias=True),
-        v2.RandomCrop(side, pad_if_needed=True, fill={tv_tensors.Image: PAD_VALUE, tv_tensors.Mask: 0}),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: PAD_VALUE, tv_tensors.Mask: 0}),
         v2.RandomHorizontalFlip(),
         v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
         v2.ClampBoundingBoxes(),
@@ -317,6 +318,7 @@ def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any], train: boo
     from raycv.data.annotated import letterbox, letterbox_scale, log_skipped
 
     side, slots = int(meta["image_size"][0]), int(meta["max_objects"])
+    crop = int(meta.get("crop_size", side))
     masks = batch["mask"] if "mask" in batch else [None] * len(batch["image"])
     row_ids = batch["id"] if "id" in batch else range(len(batch["image"]))
     images, semantics, scales, skipped = [], [], [], []
@@ -334,7 +336,7 @@ def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any], train: boo
         xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (o["bbox"] for o in objects)],
                         dtype=np.float32).reshape(-1, 4)
         if train:
-            image, instances, xyxy, kept = jittered_scene(image, instances, xyxy, side)
+            image, instances, xyxy, kept = jittered_scene(image, instances, xyxy, side, crop)
             scale = 1.0
         else:
             scale = letterbox_scale(*image.shape[:2], side)
@@ -350,9 +352,9 @@ def decode_scenes(batch: dict[str, np.ndarray], meta: dict[str, Any], train: boo
         semantics.append(np.where(is_crowd, CROWD, categories).astype(np.uint8)[instances])
         scales.append(scale)
     log_skipped(skipped)
-    count = len(images)
-    return {"image": np.stack(images) if images else np.zeros((0, side, side, 3), np.uint8),
-            "semantic": np.stack(semantics) if semantics else np.zeros((0, side, side), np.uint8),
+    count, out = len(images), crop if train else side
+    return {"image": np.stack(images) if images else np.zeros((0, out, out, 3), np.uint8),
+            "semantic": np.stack(semantics) if semantics else np.zeros((0, out, out), np.uint8),
             "boxes": boxes[:count], "labels": labels[:count], "crowd": crowd[:count],
             "scale": np.array(scales, dtype=np.float32)}
 
@@ -394,13 +396,22 @@ class SceneData:
 
     def training_meta(self, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
         """Users' photos train at --image-size (the letterboxed long side; USER_IMAGE_SIZE by default),
-        raycv's scenes at their own size unless --image-size says otherwise."""
+        raycv's scenes at their own size unless --image-size says otherwise. --crop-size (users' photos only)
+        trains on windows of that side cut at the --image-size scale."""
         option = cfg.extra.get("image_size", "auto")
         if option == "auto":
             side = int(meta["image_size"][0]) if "image_size" in meta else USER_IMAGE_SIZE
         else:
             side = int(option)
-        return {**meta, "image_size": [side, side]}
+        crop = cfg.extra.get("crop_size", "auto")
+        if crop == "auto":
+            return {**meta, "image_size": [side, side]}
+        if int(crop) > side:
+            raise RaycvError(f"invalid --crop-size {crop}: larger than the image size {side} it is cut from")
+        if not self.augments_rows(meta):
+            raise RaycvError(f"--crop-size applies to COCO and YOLO sets, whose photos are cropped as they stream; "
+                             f"{meta.get('source', 'this dataset')} is a raycv scene set, which trains whole")
+        return {**meta, "image_size": [side, side], "crop_size": int(crop)}
 
     def augments_rows(self, meta: dict[str, Any]) -> bool:
         return meta.get("format") in USER_FORMATS

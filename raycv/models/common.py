@@ -24,11 +24,21 @@ class FlipAveraged(Normalized):
     its mirror's; in training mode it is the plain network. Its state_dict is Normalized's, so weights move
     freely between the two."""
 
+    def mirrored(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flip(-1), *args)
+
     def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         logits = super().forward(x, *args)
         if self.training:
             return logits
-        return (logits + super().forward(x.flip(-1), *args)) / 2
+        return (logits + self.mirrored(x, *args)) / 2
+
+
+class FlipAveragedMaps(FlipAveraged):
+    """FlipAveraged for per-pixel logits (segmentation): the mirror's logit map is flipped back before the mean."""
+
+    def mirrored(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return super().mirrored(x, *args).flip(-1)
 
 
 def count_parameters(model: nn.Module) -> int:

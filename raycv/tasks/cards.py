@@ -63,10 +63,17 @@ class TaskCard:
         return self.config.replace(extra={**defaults, **self.config.extra})
 
 
+# Flip test-time augmentation, the same option for classify and segment (raycv.models.common.FlipAveraged).
+TTA_OPTION = ("off", "'flip': eval, predict and serve average the logits of each image and its mirror")
+TTA_CHECK = (lambda value: value in ("off", "flip"), "off or flip")
+
 # detect and segment read the same scenes: raycv's own, and users' COCO and YOLO sets of any image size.
 SCENE_OPTIONS = {
     "image_size": ("auto", "training resolution: the long side in pixels, each photo letterboxed to a square of it "
                            "(auto: a raycv scene set's own size, 320 for COCO and YOLO sets); a multiple of 32"),
+    "crop_size": ("auto", "training windows: the side of the squares cut from the photos at the --image-size scale "
+                          "(auto: the image size); smaller trains on parts of photos at the resolution evaluation "
+                          "and predictions use, e.g. --image-size 448 --crop-size 320; a multiple of 32"),
 }
 # torchvision backbones the detector and the UNet take by name (raycv/models/zoo.py BACKBONE_STAGES), with --pretrained
 # weights of their classification networks.
@@ -76,6 +83,7 @@ SCENE_OPTION_CHECKS = {
                                                      and int(value) % 32 == 0),
                    "auto or a multiple of 32 from 32 to 4096"),
 }
+SCENE_OPTION_CHECKS["crop_size"] = SCENE_OPTION_CHECKS["image_size"]
 
 CARDS: dict[str, TaskCard] = {card.name: card for card in [
     TaskCard(
@@ -108,7 +116,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
                            "or cutmix_or_mixup: one of the two per batch)"),
             "class_weighting": ("off", "photos: 'balanced' weighs each class's loss by the inverse of its share of "
                                        "the train split, for imbalanced folders"),
-            "tta": ("off", "'flip': eval, predict and serve average the logits of each image and its mirror"),
+            "tta": TTA_OPTION,
         },
         option_checks={
             "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 8 <= int(value) <= 4096),
@@ -117,7 +125,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
             "mix": (lambda value: value in ("off", "cutmix", "mixup", "cutmix_or_mixup"),
                     "off, cutmix, mixup or cutmix_or_mixup"),
             "class_weighting": (lambda value: value in ("off", "balanced"), "off or balanced"),
-            "tta": (lambda value: value in ("off", "flip"), "off or flip"),
+            "tta": TTA_CHECK,
         },
         zoo_models=True),
     TaskCard(
@@ -142,9 +150,9 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         # Five epochs over 6,000 scenes fit the 15-minute budget with Ray's start-up (six took 15.8 min).
         TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
                     optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2),
-        ("unet_resnet18", *(f"unet_torchvision.{name}" for name in SCENE_BACKBONES)),
-        train_options=dict(SCENE_OPTIONS),
-        option_checks=dict(SCENE_OPTION_CHECKS),
+        ("unet_resnet18", "fpn_resnet18", *(f"unet_torchvision.{name}" for name in SCENE_BACKBONES)),
+        train_options={**SCENE_OPTIONS, "tta": TTA_OPTION},
+        option_checks={**SCENE_OPTION_CHECKS, "tta": TTA_CHECK},
         synth_sizes={"train": 6000, "val": 500}),
     TaskCard(
         "superres", "x2/x4 super-resolution (PSNR/SSIM against bicubic)",

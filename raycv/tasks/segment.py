@@ -37,15 +37,16 @@ from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.data.annotated import unletterbox_mask
 from raycv.data.scenes import CROWD, SceneData, category_ids, output_kind
 from raycv.errors import RaycvError
-from raycv.models.common import Normalized
-from raycv.models.unet import INPUT_MULTIPLE, UNet
+from raycv.models.common import FlipAveragedMaps, Normalized
+from raycv.models.unet import INPUT_MULTIPLE, PyramidSegmenter, UNet
 from raycv.models.zoo import BACKBONE_STAGES, ZOO_PREFIX, ZooBackbone
-from raycv.tasks.base import PredictionWriter, Task
+from raycv.tasks.base import PredictionWriter, Task, with_task_options
 from raycv.tasks.cards import CARDS
 
-# The book's UNet on a ResNet-18 encoder scaled by --width, then on torchvision's backbones (--width does not
-# apply; --pretrained takes their classification weights).
-MODELS = {"unet_resnet18": None, **{f"unet_{ZOO_PREFIX}{name}": name for name in BACKBONE_STAGES}}
+# The book's UNet and the pyramid segmenter on a ResNet-18 scaled by --width, then the UNet on torchvision's
+# backbones (--width does not apply; --pretrained takes their classification weights). Name -> torchvision backbone.
+MODELS = {"unet_resnet18": None, "fpn_resnet18": None,
+          **{f"unet_{ZOO_PREFIX}{name}": name for name in BACKBONE_STAGES}}
 # ImageNet statistics, what a ResNet encoder expects (and what pretrained weights would need).
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The book's class weights: background pixels outnumber object pixels several times over, and an
@@ -288,8 +289,17 @@ class SegmentTask(SceneData, Task):
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
             raise RaycvError(f"image_size {height}x{width} cannot be segmented by the UNet: both sides must be "
                              f"multiples of {INPUT_MULTIPLE} (synthesize with --param image_size=128, 160, ...)")
+        outputs = len(meta["classes"]) + 1
+        # --tta flip: eval, predict, serve and exports average each photo's logit map with its mirror's.
+        wrapper = FlipAveragedMaps if with_task_options(self, cfg).extra["tta"] == "flip" else Normalized
+        if cfg.model == "fpn_resnet18":
+            return wrapper(PyramidSegmenter(outputs, width=cfg.width), MEAN, STD)
         encoder = ZooBackbone(MODELS[cfg.model]) if MODELS[cfg.model] else None
-        return Normalized(UNet(len(meta["classes"]) + 1, cfg.width, encoder=encoder), MEAN, STD)
+        return wrapper(UNet(outputs, cfg.width, encoder=encoder), MEAN, STD)
+
+    def head(self, model: nn.Module, meta: dict[str, Any]) -> str | None:
+        """The pyramid segmenter's own layers, which --pretrained leaves fresh when it loads a detector."""
+        return "net.head" if isinstance(model.net, PyramidSegmenter) else None
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
         # Only image and mask: flipped boxes would need their own transform, and this task reads none.
