@@ -20,9 +20,10 @@ from raycv.synth import open_dataset, sample_generator, synthesize
 from raycv.errors import RaycvError
 from raycv.inference import evaluate_checkpoint, predict
 from raycv.models.detection import CenterDetector
-from raycv.models.unet import BACKGROUND_PRIOR, PyramidSegmenter, UNet
+from raycv.models.unet import PyramidSegmenter, UNet
 from raycv.tasks import get_task
-from raycv.tasks.segment import class_map_from_answer, danmu_from_answer, draw_danmu, scores_from_confusion
+from raycv.tasks.segment import (BACKGROUND_PRIOR, class_map_from_answer, danmu_from_answer, draw_danmu,
+                                 scores_from_confusion)
 from raycv.train import build_optimizer, fit, train_step
 
 TASK = get_task("segment")
@@ -49,9 +50,11 @@ def test_networks_keep_the_input_size_and_refuse_sides_not_multiple_of_32(networ
 
 
 def test_networks_start_out_calling_pixels_background_and_the_pyramid_takes_a_detectors_layers():
-    for model in (UNet(num_classes=3, width=0.25), PyramidSegmenter(num_classes=3, width=0.25)):
-        classifier = model.classifier[-1] if isinstance(model, UNet) else model.head["classifier"]
-        assert torch.allclose(classifier.bias.softmax(dim=0), torch.tensor([BACKGROUND_PRIOR, 0.1, 0.1]))
+    meta = {"classes": ["a", "b"], "image_size": [64, 64]}
+    for name in ("unet_resnet18", "fpn_resnet18"):
+        model = TASK.build_model(TASK.default_config().replace(model=name, width=0.25), meta)
+        bias = model.net.output_layer.bias
+        assert torch.allclose(bias.softmax(dim=0), torch.tensor([BACKGROUND_PRIOR, 0.1, 0.1]))
     detector = CenterDetector(num_classes=2, width=0.25).state_dict()
     heads = ("heatmap_tower", "box_tower", "output")
     body = {key: value for key, value in detector.items() if not key.startswith(heads)}
