@@ -291,6 +291,9 @@ def test_folder_predictions_as_coco_results_yolo_labels_png_masks_and_rle(ray_se
             checkpoint = saved_checkpoint(task, cfg, meta, str(tmp_path / name), models[name])
             with torch.no_grad():  # and, for the writers below, above it
                 models[name].net.output.bias[:2] = 5.0
+        else:
+            with torch.no_grad():  # an untrained segmenter without its background prior: regions of every class
+                models[name].net.output_layer.bias.zero_()
 
     summary = predict_folder(checkpoint, str(folder), str(tmp_path / "boxes.json"), "detect", concurrency=1,
                              batch_size=4, cpus_per_actor=0.5)
