@@ -98,7 +98,7 @@ def read_pretrained(path: str) -> dict[str, torch.Tensor]:
 
 # The names torchvision's classification networks give their classifier, and raycv's detector its output layers
 # (its weights may seed segment's pyramid segmenter, which shares the detector's body).
-CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "heatmap_tower", "box_tower", "output")
+HEAD_NAMES = ("fc", "classifier", "head", "heads", "heatmap_tower", "box_tower", "output")
 
 
 def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str | None, path: str) -> list[str]:
@@ -152,7 +152,7 @@ def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], head: str 
 
     # A classification network's weights loaded into a backbone (detect's torchvision backbones), or a detector's
     # into the segmenter built on its body: the classifier or the detection heads have no place there.
-    unknown = [key for key in unexpected if missing_layer(key) not in CLASSIFIER_NAMES]
+    unknown = [key for key in unexpected if missing_layer(key) not in HEAD_NAMES]
     if unknown:
         raise RaycvError(f"pretrained file {path} has layers the model lacks, e.g. {unknown[0]}; is it of "
                          "another architecture?")

@@ -78,12 +78,10 @@ SCENE_OPTIONS = {
 # torchvision backbones the detector and the UNet take by name (raycv/models/zoo.py BACKBONE_STAGES), with --pretrained
 # weights of their classification networks.
 SCENE_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large")
-SCENE_OPTION_CHECKS = {
-    "image_size": (lambda value: value == "auto" or (str(value).isdigit() and 32 <= int(value) <= 4096
+SCENE_SIDE_CHECK = (lambda value: value == "auto" or (str(value).isdigit() and 32 <= int(value) <= 4096
                                                      and int(value) % 32 == 0),
-                   "auto or a multiple of 32 from 32 to 4096"),
-}
-SCENE_OPTION_CHECKS["crop_size"] = SCENE_OPTION_CHECKS["image_size"]
+                    "auto or a multiple of 32 from 32 to 4096")
+SCENE_OPTION_CHECKS = {"image_size": SCENE_SIDE_CHECK, "crop_size": SCENE_SIDE_CHECK}
 
 CARDS: dict[str, TaskCard] = {card.name: card for card in [
     TaskCard(

@@ -299,7 +299,7 @@ class SegmentTask(SceneData, Task):
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         height, width = meta["image_size"]
         if height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-            raise RaycvError(f"image_size {height}x{width} cannot be segmented by the UNet: both sides must be "
+            raise RaycvError(f"image_size {height}x{width} cannot be segmented: both sides must be "
                              f"multiples of {INPUT_MULTIPLE} (synthesize with --param image_size=128, 160, ...)")
         outputs = len(meta["classes"]) + 1
         # --tta flip: eval, predict, serve and exports average each photo's logit map with its mirror's.
