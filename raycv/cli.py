@@ -216,7 +216,8 @@ def run_train(args: argparse.Namespace) -> None:
 def add_tune_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--space", action="append", default=[], metavar="KEY=KIND:ARGS", required=True,
-                        help="e.g. lr=loguniform:1e-3:1e-1 or sparsity=grid:0.5,0.7,0.9 (repeatable)")
+                        help="a config field or task option, e.g. lr=loguniform:1e-3:1e-1, "
+                             "sparsity=grid:0.5,0.7,0.9, rd_lambda=grid:0.003,0.01 (repeatable)")
     parser.add_argument("--samples", type=int, default=1, help="samples per grid point (num_samples)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25: four trials share a GPU")
@@ -240,7 +241,7 @@ def run_tune(args: argparse.Namespace) -> None:
     from raycv.tasks import get_task
     from raycv.tune import parse_space, sweep
 
-    space = parse_space(args.space, cfg)
+    space = parse_space(args.space, cfg, args.task)
     gpu_layout = (cfg.workers, cfg.gpus_per_worker if cfg.gpu else 0, f"a trial with {cfg.workers} workers")
     check_local_gpus(*gpu_layout)
     task = get_task(args.task)

@@ -1,6 +1,8 @@
-"""Sweeps: Ray Tune trials that each run the Ray Train loop (learning rate, sparsity, any config field).
+"""Sweeps: Ray Tune trials that each run the Ray Train loop (learning rate, sparsity, any config field or
+task option).
 
     raycv classify tune --data data/shapes --space lr=loguniform:1e-3:1e-1 --space sparsity=grid:0.5,0.7,0.9
+    raycv compress_ae tune --data data/crops --model factorized --space rd_lambda=grid:0.003,0.01
 
 Every trial is a driver function that builds a TorchTrainer (train.py) and forwards its per-epoch
 metrics to Tune with TuneReportCallback; ASHA stops trials that fall behind. The dataset is decoded
@@ -26,6 +28,7 @@ from raycv.errors import RaycvError
 from raycv.report import table, write_bytes
 from raycv.tasks import get_task
 from raycv.tasks.base import Task
+from raycv.tasks.cards import CARDS
 from raycv.train import BEST_CHECKPOINT, build_trainer, prepare_datasets
 
 SAMPLERS = {
@@ -43,14 +46,26 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_space(specs: list[str], base: TrainConfig) -> dict[str, Any]:
-    """`KEY=KIND:ARGS` strings to a Tune search space; every value a trial could get is validated
-    against TrainConfig first, so a bad sweep fails before any trial starts.
+CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra", "name", "storage"}
+
+
+def trial_config(base: dict[str, Any], values: dict[str, Any]) -> TrainConfig:
+    """`base` (a TrainConfig's dict) with a trial's values: config fields replaced, task options in `extra`."""
+    options = {key: value for key, value in values.items() if key not in CONFIG_KEYS}
+    fields = {key: value for key, value in values.items() if key in CONFIG_KEYS}
+    return TrainConfig.from_dict({**base, **fields, "extra": {**base.get("extra", {}), **options}})
+
+
+def parse_space(specs: list[str], base: TrainConfig, task_name: str | None = None) -> dict[str, Any]:
+    """`KEY=KIND:ARGS` strings to a Tune search space over TrainConfig's fields and, given `task_name`,
+    the task's options (e.g. compress_ae's rd_lambda); every value a trial could get is validated first,
+    so a bad sweep fails before any trial starts.
 
     KIND is loguniform:LOW:HIGH, uniform:LOW:HIGH, randint:LOW:HIGH, grid:V1,V2,... or choice:V1,V2,...
     """
     space: dict[str, Any] = {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra", "name", "storage"}
+    card = CARDS[task_name] if task_name else None
+    known = CONFIG_KEYS | set(card.train_options if card else ())
     for spec in specs:
         key, _, rest = spec.partition("=")
         kind, _, arguments = rest.partition(":")
@@ -70,7 +85,9 @@ def parse_space(specs: list[str], base: TrainConfig) -> dict[str, Any]:
             raise RaycvError(f"invalid search space {spec!r}: expected KEY=KIND:..., KIND one of "
                              f"{', '.join([*SAMPLERS, *LISTS])}")
         for value in values:
-            base.replace(**{key: value}).validate()
+            trial_config(base.to_dict(), {key: value}).validate()
+            if card:
+                card.check_options({key: value})
     if not space:
         raise RaycvError("empty search space: give at least one --space KEY=KIND:...")
     return space
@@ -88,7 +105,7 @@ def run_trial(config: dict[str, Any], task_name: str, base: dict[str, Any], data
               trials_root: str) -> None:
     """One Tune trial: the Ray Train loop with this trial's config, its metrics forwarded to Tune."""
     task = get_task(task_name)
-    cfg = TrainConfig.from_dict({**base, **config, "name": ray.tune.get_context().get_trial_name()})
+    cfg = trial_config({**base, "name": ray.tune.get_context().get_trial_name()}, config)
     build_trainer(task, cfg, datasets, meta, storage_path=trials_root, callbacks=[TuneReportCallback()]).fit()
 
 
@@ -143,7 +160,7 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
     for row in scored:
         row["latency_ms_b1"] = checkpoint_latency_ms(task, row["checkpoint"], meta)
     best = scored[0]
-    best_config = {**base.to_dict(), **{key: best[key] for key in space}}
+    best_config = trial_config(base.to_dict(), {key: best[key] for key in space}).to_dict()
     storage.copy_dir(best["checkpoint"], storage.join(path, BEST_CHECKPOINT))
     storage.write_json(storage.join(path, "best.json"), {"config": best_config, metric: best[metric],
                                                          "checkpoint": storage.join(path, BEST_CHECKPOINT)})

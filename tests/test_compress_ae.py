@@ -15,11 +15,12 @@ from PIL import Image
 from conftest import png_bytes, served, train_steps
 
 from raycv.cli import main
-from raycv.data.images import decode_image
+from raycv.data.images import decode_image, to_model_input
 from raycv.synth import synthesize
 from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
+from raycv.models.codec import SYMBOL_BOUND, FactorizedPriorCodec
 from raycv.tasks import get_task
 from raycv.tasks.compress_ae import decode_symbols, decompress, encode_symbols
 
@@ -99,6 +100,36 @@ def test_training_steps_lower_the_reconstruction_loss(model_name):
     assert 0 < after["bpp"] < 0.25 * np.log2(5) + 0.1 and after["latent_per_pixel"] == 0.25
 
 
+def test_factorized_codec_trains_for_rate_and_distortion_and_its_bit_estimate_is_the_coded_length():
+    torch.manual_seed(0)
+    meta = TASK.dataset_meta(SMALL)
+    cfg = TASK.default_config().replace(model="factorized", **TINY)
+    model = TASK.build_model(cfg, meta)
+    assert isinstance(model, FactorizedPriorCodec)
+    batch = batch_of(16)
+    model.eval()
+    with torch.no_grad():
+        before = TASK.evaluate(model, [batch], meta)
+    model.train()
+    outputs = model(to_model_input(batch["image"]))
+    outputs["symbols"].sum().backward()  # rounded forward, the gradient straight through to the encoder
+    assert torch.equal(outputs["symbols"], outputs["symbols"].round()) and model.encoder[0].weight.grad.abs().sum() > 0
+    model.zero_grad()
+    losses = train_steps(TASK, model, batch, cfg, 60, lr=3e-3)
+    model.eval()
+    with torch.no_grad():
+        after = TASK.evaluate(model, [batch], meta)
+        outputs = model(to_model_input(batch["image"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert after["psnr"] > before["psnr"] + 3 and after["bpp"] < before["bpp"], (before, after)
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.shape == (48, 2 * SYMBOL_BOUND + 1) and np.allclose(probabilities.sum(axis=1), 1)
+    coded = sum(8 * len(encode_symbols(symbols, probabilities)) for symbols in outputs["symbols"].numpy())
+    estimated = float(outputs["bits"].sum())
+    # The range coder spends the prior's estimate, plus at most a 32-bit word and the 4-byte header per image.
+    assert estimated <= coded <= estimated * 1.02 + 16 * (32 + 32), (coded, estimated)
+
+
 def test_bad_options_are_refused():
     meta = TASK.dataset_meta(SMALL)
     for extra, message in (({"levels": 4}, "levels=4"), ({"loss": "huber"}, "loss='huber'"),
@@ -107,15 +138,42 @@ def test_bad_options_are_refused():
             TASK.build_model(TASK.default_config().replace(extra=extra), meta)
     with pytest.raises(RaycvError, match="image_size=36"):
         TASK.dataset_meta({**SMALL, "image_size": 36})
+    with pytest.raises(RaycvError, match="image_size 40 cannot train the factorized codec"):
+        TASK.build_model(TASK.default_config().replace(model="factorized"),
+                         TASK.dataset_meta({**SMALL, "image_size": 40}))
+    for rd_lambda in (0.0, -0.01):
+        with pytest.raises(RaycvError, match=f"invalid rd_lambda={rd_lambda}: expected a weight > 0"):
+            TASK.card.check_options({"rd_lambda": rd_lambda})
+    for params, message in (({"photos": "brick", "images_dir": "x"}, "give images_dir or photos, not both"),
+                            ({"photos": "brick", "dead_leaves_share": 1.5}, "dead_leaves_share=1.5"),
+                            ({"photos": "bricks"}, "invalid photos='bricks'")):
+        with pytest.raises(RaycvError, match=message):
+            TASK.dataset_meta({**SMALL, **params})
 
 
-def test_predict_codes_any_size_and_the_code_decodes_to_the_reconstruction():
+def test_training_crops_mix_named_photos_with_dead_leaves_and_eval_photos_holds_them_out():
+    from raycv.data.photos import held_out_photos
+
+    params = {**SMALL, "photos": "brick,grass", "dead_leaves_share": 0.5}
+    meta = TASK.dataset_meta(params)
+    assert meta["training_photos"] == ["brick", "grass"] and meta["source"] == "photos brick,grass, 50% dead leaves"
+    held_out = held_out_photos(meta)
+    assert "brick" not in held_out and "grass" not in held_out and "coins" in held_out
+    # brick and grass are grey photographs; dead leaves are coloured.
+    crops = [TASK.synthesize_sample(np.random.default_rng([7, index]), params)["image"] for index in range(40)]
+    grey = [np.ptp(decode_image(crop).astype(int), axis=2).max() == 0 for crop in crops]
+    assert 10 <= sum(grey) <= 30, sum(grey)
+
+
+@pytest.mark.parametrize(("model_name", "latent_shape"), [("ae", [16, 6, 8]), ("factorized", [48, 3, 4])])
+def test_predict_codes_any_size_and_the_code_decodes_to_the_reconstruction(model_name, latent_shape):
     meta = TASK.dataset_meta(SMALL)
-    model = TASK.build_model(TASK.default_config().replace(**TINY), meta).eval()
+    model = TASK.build_model(TASK.default_config().replace(model=model_name, **TINY), meta).eval()
     loaded = type("Loaded", (), {"task": TASK, "model": model, "dataset_meta": meta})()
     image = np.random.default_rng(1).integers(0, 256, (37, 50, 3), dtype=np.uint8)
     (answer,) = predict(loaded, [image])
-    assert answer["latent_shape"] == [16, 5, 7] and (answer["width"], answer["height"]) == (50, 37)
+    # The code holds the latent of the image padded to 48 x 64 (a multiple of 16, the largest stride).
+    assert answer["latent_shape"] == latent_shape and (answer["width"], answer["height"]) == (50, 37)
     code = base64.b64decode(answer["code"])
     assert answer["bytes"] == len(code) and answer["bpp"] == pytest.approx(8 * len(code) / (37 * 50))
     reconstruction = decode_image(base64.b64decode(answer["image_png"]))

@@ -18,12 +18,13 @@ from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.synth import open_dataset, sample_generator, synthesize
 from raycv.errors import RaycvError
+from raycv.data.images import to_model_input
 from raycv.inference import evaluate_checkpoint, predict
 from raycv.models.detection import CenterDetector
 from raycv.models.unet import PyramidSegmenter, UNet
 from raycv.tasks import get_task
 from raycv.tasks.segment import (BACKGROUND_PRIOR, class_map_from_answer, danmu_from_answer, draw_danmu,
-                                 scores_from_confusion)
+                                 scores_from_confusion, weighted_cross_entropy)
 from raycv.train import build_optimizer, fit, train_step
 
 TASK = get_task("segment")
@@ -90,6 +91,31 @@ def test_training_steps_lower_the_loss(model):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = [float(train_step(TASK, model, batch, cfg, optimizer, scheduler, scaler, None)) for _ in range(30)]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_background_weight_scales_the_background_pixels_share_of_the_loss():
+    # Two pixels, one background and one object, each predicted with the same confidence: the weighted mean
+    # cross-entropy is (w * l + l) / (w + 1) = l whatever w, so the test predicts them differently.
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # 1 x 2 classes x 1 x 2 pixels
+    target = torch.tensor([[[0, 1]]])
+    background, foreground = (float(torch.nn.functional.cross_entropy(logits[..., i], target[..., i]))
+                              for i in range(2))
+    cfg = TASK.default_config().replace(model="fpn_resnet18", width=0.25, amp="off", extra={"background_weight": 0.6})
+    model = TASK.build_model(cfg, {"classes": ["a"], "image_size": [32, 32]}).eval()
+    for weight in (0.3, 0.6, 1.0):
+        expected = (weight * background + foreground) / (weight + 1)
+        assert float(weighted_cross_entropy(logits, target, weight)) == pytest.approx(expected)
+    # The task's loss takes the weight from the run's options.
+    semantic = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    semantic[:, 8:20, 8:20] = 1
+    batch = {"image": torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8), "semantic": semantic}
+    with torch.no_grad():
+        logits = model(to_model_input(batch["image"]))
+        for weight in (0.3, 0.6):
+            loss = TASK.loss(model, batch, cfg.replace(extra={"background_weight": weight, "dice_weight": 0}))
+            assert float(loss) == pytest.approx(float(weighted_cross_entropy(logits, semantic.long(), weight)))
+    with pytest.raises(RaycvError, match="invalid background_weight=0: expected a weight in"):
+        TASK.card.check_options({"background_weight": 0})
 
 
 def test_scores_from_a_known_confusion_matrix():

@@ -12,7 +12,7 @@ from raycv.checkpoint import load_model
 from raycv.errors import RaycvError
 from raycv.sparsity import measured_sparsity
 from raycv.tasks import get_task
-from raycv.tune import pareto_front, parse_space, sweep
+from raycv.tune import pareto_front, parse_space, sweep, trial_config
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,19 @@ def test_bad_search_spaces_are_refused():
         parse_space(["learning_rate=loguniform:1e-4:1e-1"], base)
     with pytest.raises(RaycvError, match="LOW < HIGH"):
         parse_space(["lr=loguniform:1e-1:1e-4"], base)
+
+
+def test_task_options_are_swept_in_the_config_extra_and_checked_first():
+    task = get_task("compress_ae")
+    base = task.default_config().replace(model="factorized")
+    space = parse_space(["rd_lambda=grid:0.003,0.01", "lr=grid:0.001"], base, task.name)
+    assert space == {"rd_lambda": {"grid_search": [0.003, 0.01]}, "lr": {"grid_search": [0.001]}}
+    trial = trial_config(base.to_dict(), {"rd_lambda": 0.003, "lr": 0.001})
+    assert trial.extra["rd_lambda"] == 0.003 and trial.lr == 0.001 and trial.extra["loss"] == "mse"
+    with pytest.raises(RaycvError, match="invalid rd_lambda=0: expected a weight > 0"):
+        parse_space(["rd_lambda=grid:0.01,0"], base, task.name)
+    with pytest.raises(RaycvError, match="unknown search-space key 'rd_lambda'"):
+        parse_space(["rd_lambda=grid:0.01"], get_task("classify").default_config(), "classify")
 
 
 def test_pareto_front_keeps_only_undominated_trials():

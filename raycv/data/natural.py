@@ -13,12 +13,14 @@ takes crops of any image folder instead.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from raycv.data import procedural
 from raycv.data.formats import image_files
+from raycv.errors import RaycvError
 
 
 def power_law_radius(rng: np.random.Generator, low: float, high: float, exponent: float = 3.0) -> float:
@@ -148,9 +150,35 @@ def random_crop(rng: np.random.Generator, photo: Image.Image, size: int) -> np.n
     return np.asarray(crop)
 
 
-def training_crop(rng: np.random.Generator, size: int, images_dir: str = "", photos: str = "") -> np.ndarray:
+# A pixel task's synth parameters naming where its training crops come from (crop_source, training_crop).
+CROP_SOURCE_DEFAULTS = {"images_dir": "", "photos": "", "dead_leaves_share": 0.0}
+
+
+def crop_source(params: dict[str, Any]) -> dict[str, Any]:
+    """The dataset meta of a crop source, checked in the driver before any Ray task: `source` (words) and
+    `training_photos` (the bundled photographs trained on: eval-photos scores the others)."""
+    from raycv.data.photos import parse_photo_names
+
+    images_dir, photos, share = params["images_dir"], params["photos"], float(params["dead_leaves_share"])
+    if images_dir and photos:
+        raise RaycvError("give images_dir or photos, not both: the crops come from one source")
+    if not 0 <= share <= 1:
+        raise RaycvError(f"invalid dead_leaves_share={share}: expected a share of the crops in [0, 1], e.g. 0.5")
+    check_images_dir(images_dir)
+    names = parse_photo_names(photos) if photos else ()
+    source = images_dir or (f"photos {','.join(names)}" if names else "dead leaves")
+    if share and (images_dir or names):
+        source += f", {share:.0%} dead leaves"
+    return {"source": source, "training_photos": list(names)}
+
+
+def training_crop(rng: np.random.Generator, size: int, params: dict[str, Any]) -> np.ndarray:
     """The crop a pixel task trains on: a crop of a folder's image when `images_dir` is given, of one of the
-    bundled photographs named in `photos` (comma-separated, raycv.data.photos) when that is, else dead leaves."""
+    bundled photographs named in `photos` (comma-separated, raycv.data.photos) when that is, else dead leaves;
+    with a folder or photos, dead leaves instead for a `dead_leaves_share` of the crops."""
+    images_dir, photos = params.get("images_dir", ""), params.get("photos", "")
+    if (images_dir or photos) and rng.random() < float(params.get("dead_leaves_share", 0.0)):
+        return dead_leaves(rng, size)
     if images_dir:
         return photo_crop(rng, images_dir, size)
     if photos:

@@ -10,7 +10,7 @@ PHOTO_NAMES in `--help` before anything heavy loads.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raycv.errors import RaycvError
 
@@ -32,6 +32,12 @@ def parse_photo_names(photos: str) -> tuple[str, ...]:
     if not names or any(name not in PHOTO_NAMES for name in names):
         raise RaycvError(f"invalid photos={photos!r}: expected comma-separated names of {', '.join(PHOTO_NAMES)}")
     return names
+
+
+def held_out_photos(dataset_meta: dict[str, Any]) -> tuple[str, ...]:
+    """The bundled photographs a pixel task's dataset did not train on (raycv.data.natural.crop_source)."""
+    trained_on = dataset_meta.get("training_photos", [])
+    return tuple(name for name in PHOTO_NAMES if name not in trained_on)
 
 
 def real_photos(names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -149,8 +149,13 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         TrainConfig(model="unet_resnet18", width=0.5, epochs=5, batch_size=16, lr=3e-3,
                     optimizer="adamw", weight_decay=1e-4, cpus_per_worker=2),
         ("unet_resnet18", "fpn_resnet18", *(f"unet_torchvision.{name}" for name in SCENE_BACKBONES)),
-        train_options={**SCENE_OPTIONS, "tta": TTA_OPTION},
-        option_checks={**SCENE_OPTION_CHECKS, "tta": TTA_CHECK},
+        train_options={**SCENE_OPTIONS, "tta": TTA_OPTION,
+                       # The book's class weights: background pixels outnumber object pixels several times
+                       # over, and an unweighted loss settles for shrunken masks.
+                       "background_weight": (0.3, "the background class's weight in the cross-entropy (the book's "
+                                                  "0.3; objects weigh 1): lower widens masks, higher narrows them")},
+        option_checks={**SCENE_OPTION_CHECKS, "tta": TTA_CHECK,
+                       "background_weight": (lambda value: 0 < value <= 1, "a weight in (0, 1], e.g. 0.3")},
         synth_sizes={"train": 6000, "val": 500}),
     TaskCard(
         "superres", "x2/x4 super-resolution (PSNR/SSIM against bicubic)",
@@ -177,17 +182,21 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         # machine, 505 s and 524 s with the cores shared (10 epochs had taken 18 minutes then).
         TrainConfig(model="ae", width=0.5, epochs=6, batch_size=32, lr=2e-3, optimizer="adamw",
                     weight_decay=1e-4, amp="off", cpus_per_worker=2),
-        ("ae", "aegan"),
+        ("ae", "aegan", "factorized"),
         train_options={
             # MSE, not the book's L1: under L1 the reconstructions stayed grey (4 % of the target's chroma and
             # 15.5 dB on dead leaves after 600 steps); MSE, whose gradient grows with the error, had learned
             # colour by then (76 %, 19.3 dB).
             "loss": ("mse", "reconstruction loss: mse or l1 (the book's)"),
-            "latent_channels": (16, "channels of the 1/8-resolution latent (16: a quarter symbol per pixel)"),
-            "levels": (5, "symbols per latent value, odd (5: -2..2)"),
+            "latent_channels": (16, "ae, aegan: channels of the 1/8-resolution latent (16: a quarter symbol "
+                                    "per pixel)"),
+            "levels": (5, "ae, aegan: symbols per latent value, odd (5: -2..2)"),
             "feature_matching_weight": (0.1, "aegan: weight of the discriminator feature-matching loss"),
             "adversarial_weight": (0.01, "aegan: weight of the generator's adversarial loss"),
+            "rd_lambda": (0.01, "factorized: the rate-distortion trade-off, loss = rd_lambda x 255^2 x MSE + bits per "
+                                "pixel; higher buys quality with bits (one model per value: sweep it with tune)"),
         },
+        option_checks={"rd_lambda": (lambda value: value > 0, "a weight > 0, e.g. 0.01")},
         synth_sizes={"train": 3000, "val": 200}),
     TaskCard(
         "dcgan", "DCGAN image generation (sliced Wasserstein distance)",

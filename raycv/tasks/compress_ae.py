@@ -1,6 +1,8 @@
 """Learned image compression (textbook chapter 8): a ResNet-18-encoder autoencoder with a quantized,
-range-coded latent (`--model ae`), and the AE+GAN variant (`--model aegan`) trained with the book's
-feature-matching loss plus the adversarial term the book forgot.
+range-coded latent (`--model ae`), the AE+GAN variant (`--model aegan`) trained with the book's
+feature-matching loss plus the adversarial term the book forgot, and a codec trained for rate and
+distortion together (`--model factorized`, Ballé et al. 2018's factorized prior, raycv.models.codec): its
+loss is rd_lambda x 255^2 x MSE + the bits per pixel its learned prior estimates, one model per lambda.
 
 Bits per pixel are real: the latent's integer symbols are range-coded (constriction) with the
 per-channel symbol probabilities the model learned during training, and bpp is the length of that
@@ -8,8 +10,9 @@ bitstream (plus a 4-byte size header) over the image's pixels. Quality is PSNR a
 
 Data: dead-leaves crops (raycv.data.natural) or, with --param images_dir=DIR, crops of any image folder.
 
-Training options (Task.train_options): --loss mse|l1 (reconstruction), --latent-channels, --levels
-(symbols per latent value), --feature-matching-weight and --adversarial-weight (aegan only).
+Training options (Task.train_options): --loss mse|l1 (reconstruction), --latent-channels and --levels
+(ae, aegan: the latent's channels and symbols per value), --feature-matching-weight and
+--adversarial-weight (aegan only), --rd-lambda (factorized only).
 
 Metrics (val): psnr (ranks checkpoints), ssim, bpp, latent_per_pixel (symbols per pixel) and the
 reconstruction loss. `score_photos` scores whole held-out photographs beside JPEG at the same or fewer
@@ -37,17 +40,21 @@ from raycv.config import TrainConfig
 from raycv.data.augment import random_dihedral
 from raycv.data.figures import busiest_window, side_by_side, write_png, zoom
 from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
-from raycv.data.natural import check_images_dir, training_crop
-from raycv.data.photos import real_photos
+from raycv.data.natural import CROP_SOURCE_DEFAULTS, crop_source, training_crop
+from raycv.data.photos import held_out_photos, real_photos
 from raycv.data.quality import ImageQuality, psnr_ssim
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
+from raycv.models.codec import STRIDE, FactorizedPriorCodec
 from raycv.tasks.base import Predict, Task
 from raycv.tasks.cards import CARDS
 from raycv.tasks.routes import answer_image, no_query, png_response
 
-MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder}
+MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder, "factorized": FactorizedPriorCodec}
+# Inputs are padded to a multiple of the largest stride of the models, and a code holds the latent of the
+# image so padded: the batch's reconstruction of an image alone is then exactly what its code decodes to.
+PAD_MULTIPLE = max(DOWNSAMPLE, STRIDE)
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 TRAIN_OPTIONS = CARDS["compress_ae"].train_options
 HEADER = struct.Struct(">HH")  # the latent's height and width; its channels come with the model
@@ -90,8 +97,9 @@ def decode_symbols(data: bytes, probabilities: np.ndarray) -> np.ndarray:
     return (indices.astype(np.int64) - (levels - 1) // 2).reshape(channels, height, width)
 
 
-def latent_size(height: int, width: int) -> tuple[int, int]:
-    return -(-height // DOWNSAMPLE), -(-width // DOWNSAMPLE)
+def latent_size(height: int, width: int, stride: int) -> tuple[int, int]:
+    """The latent rows and columns a code of an image holds: those of the image padded to PAD_MULTIPLE."""
+    return -(-height // PAD_MULTIPLE) * PAD_MULTIPLE // stride, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE // stride
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,7 +126,7 @@ def score_photos(models: list[LoadedModel], predict: Predict, names: tuple[str, 
     """Per photo and codec (each model, then JPEG at no more bits than the first): bpp, PSNR and SSIM
     on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
     rows = []
-    for name, photo in real_photos(names).items():
+    for name, photo in real_photos(names or held_out_photos(models[0].dataset_meta)).items():
         pictures = [("original", photo)]
         first_bits = None
         for loaded in models:
@@ -165,18 +173,17 @@ class CompressAETask(Task):
     card = CARDS["compress_ae"]
     metric = "psnr"
     metric_mode = "max"
-    synth_defaults = {"image_size": 64, "images_dir": ""}
+    synth_defaults = {"image_size": 64, **CROP_SOURCE_DEFAULTS}
     routes = {"reconstruct": (no_query("/v1/compress_ae/reconstruct"), png_response)}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
         if size < 4 * DOWNSAMPLE or size % DOWNSAMPLE:
             raise RaycvError(f"invalid image_size={size}: expected a multiple of {DOWNSAMPLE} >= {4 * DOWNSAMPLE}")
-        check_images_dir(params["images_dir"])
-        return {"image_size": [size, size], "source": params["images_dir"] or "dead leaves"}
+        return {"image_size": [size, size], **crop_source(params)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
-        return {"image": encode_png(training_crop(rng, int(params["image_size"]), params["images_dir"]))}
+        return {"image": encode_png(training_crop(rng, int(params["image_size"]), params))}
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
         return {"image": np.stack([decode_image(data) for data in batch["image"]])}
@@ -184,6 +191,12 @@ class CompressAETask(Task):
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
         if option(cfg, "loss") not in LOSSES:
             raise RaycvError(f"invalid loss={option(cfg, 'loss')!r}: expected one of {', '.join(LOSSES)}")
+        if cfg.model == "factorized":
+            side = meta["image_size"][0]
+            if side % STRIDE:
+                raise RaycvError(f"image_size {side} cannot train the factorized codec: it must be a multiple of "
+                                 f"{STRIDE}, its stride (synthesize with --param image_size=64, 128, ...)")
+            return FactorizedPriorCodec(cfg.width)
         levels, channels = option(cfg, "levels"), option(cfg, "latent_channels")
         if levels < 3 or levels % 2 == 0 or levels > 255:
             raise RaycvError(f"invalid levels={levels}: expected an odd number in 3..255 (5 is -2..2)")
@@ -198,6 +211,9 @@ class CompressAETask(Task):
         images = to_model_input(batch["image"])
         outputs = model(images)
         loss = LOSSES[option(cfg, "loss")](outputs["reconstruction"].float(), images)
+        if "bits" in outputs:  # the factorized codec: rate and distortion, 255^2 as in Ballé et al. and CompressAI
+            bits_per_pixel = outputs["bits"].sum() / (images.shape[0] * images.shape[-2] * images.shape[-1])
+            return option(cfg, "rd_lambda") * 255 ** 2 * loss + bits_per_pixel
         if "discriminator" in outputs:  # AE+GAN: one backward trains both players (models/autoencoder.py)
             loss = (loss + option(cfg, "feature_matching_weight") * outputs["feature_matching"]
                     + option(cfg, "adversarial_weight") * outputs["adversarial"] + outputs["discriminator"])
@@ -224,20 +240,21 @@ class CompressAETask(Task):
                 "loss": float(mean_loss.compute())}
 
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return stack_padded(images, multiple=DOWNSAMPLE)
+        return stack_padded(images, multiple=PAD_MULTIPLE)
 
     def postprocess(self, outputs: dict[str, torch.Tensor], meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: the range-coded latent (base64 `code`, its `bytes` and `bpp` over the image's own
         pixels) and the decoder's reconstruction as a base64 PNG at the image's size. The code holds
-        the image's own ceil(h/8) x ceil(w/8) latent; decoding it alone gives the reconstruction
-        exactly when the image was not batched with larger ones."""
+        the latent of the image padded to PAD_MULTIPLE (latent_size); decoding it alone gives the
+        reconstruction exactly when the image was not batched with larger ones."""
         images = to_uint8_images(outputs["reconstruction"].float())
         probabilities = outputs["probabilities"].float().cpu().numpy()
+        stride = outputs["reconstruction"].shape[-1] // outputs["symbols"].shape[-1]
         answers = []
         for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes,
                                                    strict=False):
-            rows, columns = latent_size(int(height), int(width))
+            rows, columns = latent_size(int(height), int(width), stride)
             code = encode_symbols(symbols[:, :rows, :columns], probabilities)
             answers.append({"code": base64.b64encode(code).decode("ascii"), "bytes": len(code),
                             "bpp": 8 * len(code) / (int(height) * int(width)),
@@ -251,9 +268,9 @@ class CompressAETask(Task):
 def decompress(model: nn.Module, code: bytes, height: int, width: int) -> np.ndarray:
     """The image a `code` from postprocess decodes to (uint8 HWC at height x width)."""
     autoencoder = autoencoder_of(model)
-    probabilities = autoencoder.probabilities().cpu().numpy()
-    symbols = torch.from_numpy(decode_symbols(code, probabilities)).float()[None]
     with torch.inference_mode():
+        probabilities = autoencoder.probabilities().cpu().numpy()
+        symbols = torch.from_numpy(decode_symbols(code, probabilities)).float()[None]
         reconstruction = autoencoder.decoder(symbols.to(next(autoencoder.parameters()).device))
     return to_uint8_images(reconstruction)[0, :height, :width]
 

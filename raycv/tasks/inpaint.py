@@ -44,8 +44,8 @@ from raycv.config import TrainConfig
 from raycv.data.augment import random_dihedral
 from raycv.data.figures import side_by_side, write_png
 from raycv.data.images import as_batch, decode_image, encode_png, to_model_input, to_uint8_images
-from raycv.data.natural import check_images_dir, training_crop
-from raycv.data.photos import PHOTO_NAMES, parse_photo_names, real_photos
+from raycv.data.natural import CROP_SOURCE_DEFAULTS, crop_source, training_crop
+from raycv.data.photos import held_out_photos, real_photos
 from raycv.data.quality import masked_psnr
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
@@ -264,9 +264,8 @@ def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] |
     """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
     With `out`, a side-by-side PNG of each photo's first crop."""
     size, hole_side = int(loaded.dataset_meta["image_size"][0]), int(loaded.dataset_meta["hole_size"])
-    trained_on = loaded.dataset_meta.get("training_photos", [])
     rows = []
-    for name, photo in real_photos(names or tuple(n for n in PHOTO_NAMES if n not in trained_on)).items():
+    for name, photo in real_photos(names or held_out_photos(loaded.dataset_meta)).items():
         crops = photo_crops(photo, name, size, hole_side, PHOTO_CROPS)
         if not crops:
             continue
@@ -309,7 +308,7 @@ class InpaintTask(Task):
     card = CARDS["inpaint"]
     metric = "psnr_hole"
     metric_mode = "max"
-    synth_defaults = {"image_size": 128, "hole_size": 42, "images_dir": "", "photos": ""}
+    synth_defaults = {"image_size": 128, "hole_size": 42, **CROP_SOURCE_DEFAULTS}
     image_mode = "RGBA"
     routes = {"fill": (no_query("/v1/inpaint/fill", "; mark the hole with alpha 0 in the image"), filled_png)}
 
@@ -320,17 +319,11 @@ class InpaintTask(Task):
                              "e.g. 128")
         if not 1 <= hole < size:
             raise RaycvError(f"invalid hole_size={hole}: expected 1 <= hole_size < image_size={size}")
-        if params["images_dir"] and params["photos"]:
-            raise RaycvError("give images_dir or photos, not both: the crops come from one source")
-        check_images_dir(params["images_dir"])
-        photos = parse_photo_names(params["photos"]) if params["photos"] else ()
-        source = params["images_dir"] or (f"photos {','.join(photos)}" if photos else "dead leaves")
-        # eval-photos scores the bundled photographs this list leaves out.
-        return {"image_size": [size, size], "hole_size": hole, "source": source, "training_photos": list(photos)}
+        return {"image_size": [size, size], "hole_size": hole, **crop_source(params)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         size, hole = int(params["image_size"]), int(params["hole_size"])
-        image = training_crop(rng, size, params["images_dir"], params["photos"])
+        image = training_crop(rng, size, params)
         x, y = rng.integers(0, size - hole + 1, 2)
         return {"image": encode_png(image), "hole": np.array([x, y, hole], dtype=np.int64)}  # x, y, side
 

@@ -50,9 +50,9 @@ MODELS = {"unet_resnet18": None, "fpn_resnet18": None,
           **{f"unet_{ZOO_PREFIX}{name}": name for name in BACKBONE_STAGES}}
 # ImageNet statistics, what a ResNet encoder expects (and what pretrained weights would need).
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The book's class weights: background pixels outnumber object pixels several times over, and an
-# unweighted loss settles for shrunken masks.
-BACKGROUND_WEIGHT = 0.3
+# The evaluation loss weighs background as the default of --background-weight does (the book's class
+# weights), whatever a run trained with, so runs' validation losses compare.
+EVAL_BACKGROUND_WEIGHT = CARDS["segment"].train_options["background_weight"][0]
 DICE_WEIGHT = 1.0  # cfg.extra["dice_weight"] overrides; 0 trains on cross-entropy alone
 # The classifier starts out calling every pixel background with this probability, about what the data says:
 # from an even start, the first epochs are spent unlearning objects everywhere (measured on the coin photos:
@@ -72,16 +72,16 @@ def background_prior(output_layer: nn.Conv2d) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def class_weights(num_outputs: int, device: torch.device) -> torch.Tensor:
+def class_weights(num_outputs: int, device: torch.device, background_weight: float) -> torch.Tensor:
     weights = torch.ones(num_outputs, device=device)
-    weights[0] = BACKGROUND_WEIGHT
+    weights[0] = background_weight
     return weights
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, background_weight: float) -> torch.Tensor:
     """Crowd regions (CROWD) are left out, as pycocotools leaves detections on them out."""
-    return nn.functional.cross_entropy(logits, target, weight=class_weights(logits.shape[1], logits.device),
-                                       ignore_index=CROWD)
+    weights = class_weights(logits.shape[1], logits.device, background_weight)
+    return nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=CROWD)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -324,7 +324,7 @@ class SegmentTask(SceneData, Task):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         logits = model(to_model_input(batch["image"])).float()
         target = batch["semantic"].long()
-        loss = weighted_cross_entropy(logits, target)
+        loss = weighted_cross_entropy(logits, target, float(with_task_options(self, cfg).extra["background_weight"]))
         dice_weight = float(cfg.extra.get("dice_weight", DICE_WEIGHT))
         return loss + dice_weight * soft_dice_loss(logits, target) if dice_weight else loss
 
@@ -338,7 +338,7 @@ class SegmentTask(SceneData, Task):
             logits = model(to_model_input(batch["image"])).float()
             target = batch["semantic"].long()
             confusion.update(logits.argmax(dim=1), target)
-            mean_loss.update(weighted_cross_entropy(logits, target), weight=len(logits))
+            mean_loss.update(weighted_cross_entropy(logits, target, EVAL_BACKGROUND_WEIGHT), weight=len(logits))
         return {**scores_from_confusion(confusion.compute()), "loss": float(mean_loss.compute())}
 
     def prediction_writer(self, out: str, meta: dict[str, Any]) -> PredictionWriter | None:

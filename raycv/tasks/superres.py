@@ -121,7 +121,7 @@ class SuperresTask(Task):
                 "source": params["images_dir"] or "dead leaves"}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
-        high = training_crop(rng, int(params["crop_size"]), params["images_dir"])
+        high = training_crop(rng, int(params["crop_size"]), params)
         low, high = make_pair(high, int(params["scale"]))
         return {"hr": encode_png(high), "lr": encode_png(low)}
 
