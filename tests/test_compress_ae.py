@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import httpx
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import png_bytes, served, train_steps
+from conftest import png_bytes, saved_checkpoint, served, train_steps
 
+from raycv.checkpoint import load_model
 from raycv.cli import main
 from raycv.data.images import decode_image, to_model_input
 from raycv.synth import synthesize
@@ -179,6 +181,37 @@ def test_predict_codes_any_size_and_the_code_decodes_to_the_reconstruction(model
     reconstruction = decode_image(base64.b64decode(answer["image_png"]))
     assert reconstruction.shape == (37, 50, 3)
     assert np.array_equal(decompress(model, code, 37, 50), reconstruction)
+
+
+def test_compress_and_decompress_verbs_round_trip_and_refuse_damaged_or_foreign_files(tmp_path, capsys):
+    torch.manual_seed(0)
+    meta = TASK.dataset_meta(SMALL)
+    cfg = TASK.default_config().replace(model="factorized", **TINY)
+    first = saved_checkpoint(TASK, cfg, meta, str(tmp_path / "first"))
+    other = saved_checkpoint(TASK, cfg, meta, str(tmp_path / "other"))  # another random start
+    image = np.random.default_rng(3).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    (tmp_path / "in.png").write_bytes(png_bytes(image))
+    packed, out = tmp_path / "in.rcv", tmp_path / "out.png"
+    assert main(["compress_ae", "compress-image", "--checkpoint", first, "--image", str(tmp_path / "in.png"),
+                 "--out", str(packed)]) == 0
+    assert main(["compress_ae", "decompress", "--checkpoint", first, "--code", str(packed), "--out", str(out)]) == 0
+    loaded = load_model(first, "compress_ae")
+    (answer,) = predict(loaded, [image])
+    assert np.array_equal(decode_image(out.read_bytes()), decode_image(base64.b64decode(answer["image_png"])))
+    data = packed.read_bytes()
+    assert len(data) == 20 + answer["bytes"]  # the header, then the code predict answers
+    capsys.readouterr()
+    damaged = {"truncated.rcv": (data[:-3], "truncated: .* of its .* code bytes"),
+               "flipped.rcv": (data[:-1] + bytes([data[-1] ^ 1]), "damaged: the code's checksum does not match"),
+               "photo.rcv": (png_bytes(image), "not a compressed image")}
+    for name, (content, message) in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        assert main(["compress_ae", "decompress", "--checkpoint", first, "--code", str(tmp_path / name),
+                     "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert re.search(f"{name}: {message}", error) and len(error.splitlines()) == 1, error
+    assert main(["compress_ae", "decompress", "--checkpoint", other, "--code", str(packed), "--out", str(out)]) == 2
+    assert "in.rcv: coded by another model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

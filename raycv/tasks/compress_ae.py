@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import zlib
 from typing import Any
 from collections.abc import Iterable
 
@@ -58,6 +59,11 @@ PAD_MULTIPLE = max(DOWNSAMPLE, STRIDE)
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 TRAIN_OPTIONS = CARDS["compress_ae"].train_options
 HEADER = struct.Struct(">HH")  # the latent's height and width; its channels come with the model
+# A compressed file (`raycv compress_ae compress-image`): magic, the image's height and width, the code's length,
+# a CRC-32 of the code and one of the model's symbol probabilities, then the code. The checks turn a
+# truncated or damaged file, or one coded by another model, into an error instead of a wrong picture.
+FILE_MAGIC = b"RCV1"
+FILE_HEADER = struct.Struct(">4sHHIII")
 
 
 def option(cfg: TrainConfig, name: str) -> Any:
@@ -263,6 +269,32 @@ class CompressAETask(Task):
                                 image[:int(height), :int(width)]))).decode("ascii"),
                             "width": int(width), "height": int(height)})
         return answers
+
+
+def model_fingerprint(model: nn.Module) -> int:
+    """CRC-32 of the symbol probabilities the range coder uses: codes only decode with the same ones."""
+    with torch.inference_mode():
+        return zlib.crc32(autoencoder_of(model).probabilities().float().cpu().numpy().tobytes())
+
+
+def pack_file(model: nn.Module, code: bytes, height: int, width: int) -> bytes:
+    return FILE_HEADER.pack(FILE_MAGIC, height, width, len(code), zlib.crc32(code), model_fingerprint(model)) + code
+
+
+def unpack_file(model: nn.Module, data: bytes, name: str) -> tuple[bytes, int, int]:
+    """(code, height, width) of a compressed file, or a RaycvError naming the file and what is wrong."""
+    if len(data) < FILE_HEADER.size or not data.startswith(FILE_MAGIC):
+        raise RaycvError(f"{name}: not a compressed image (`raycv compress_ae compress-image` writes them)")
+    _, height, width, length, checksum, fingerprint = FILE_HEADER.unpack_from(data)
+    code = data[FILE_HEADER.size:]
+    if len(code) != length:
+        raise RaycvError(f"{name}: truncated: {len(code)} of its {length} code bytes"
+                         if len(code) < length else f"{name}: {len(code) - length} bytes after the code")
+    if zlib.crc32(code) != checksum:
+        raise RaycvError(f"{name}: damaged: the code's checksum does not match")
+    if fingerprint != model_fingerprint(model):
+        raise RaycvError(f"{name}: coded by another model than this checkpoint (its symbol probabilities differ)")
+    return code, height, width
 
 
 def decompress(model: nn.Module, code: bytes, height: int, width: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`raycv compress_ae eval-photos`."""
+"""`raycv compress_ae eval-photos`, `compress-image` and `decompress`."""
 
 from __future__ import annotations
 
@@ -25,4 +25,57 @@ def run_eval_photos(args: argparse.Namespace) -> int:
                                "JPEG at no more bits than the first checkpoint)", args.out)
 
 
-VERBS = {"eval-photos": (add_eval_photos_arguments, run_eval_photos)}
+def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained compress_ae checkpoint")
+    parser.add_argument("--image", required=True, help="the picture to compress (PNG, JPEG, ...)")
+    parser.add_argument("--out", required=True, help="where to write the compressed file")
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    """compress an image to a file of the model's range-coded latent"""
+    import base64
+
+    from raycv.checkpoint import load_model
+    from raycv.devices import default_device
+    from raycv.inference import predict, read_image_files
+    from raycv.tasks import compress_ae
+    from raycv.verbs.files import write_output
+
+    loaded = load_model(args.checkpoint, "compress_ae", default_device())
+    image = read_image_files([args.image])[0]
+    answer = predict(loaded, [image])[0]
+    data = compress_ae.pack_file(loaded.model, base64.b64decode(answer["code"]), answer["height"], answer["width"])
+    write_output(args.out, data)
+    print(f"{args.out}: {len(data)} bytes, {8 * len(data) / (image.shape[0] * image.shape[1]):.3f} bits per pixel "
+          f"({image.shape[1]}x{image.shape[0]})")
+    return 0
+
+
+def add_decompress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="the compress_ae checkpoint that compressed the file")
+    parser.add_argument("--code", required=True, help="a file `raycv compress_ae compress-image` wrote")
+    parser.add_argument("--out", required=True, help="where to write the decoded PNG")
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    """decode a compressed file back to a PNG"""
+    from raycv import storage
+    from raycv.checkpoint import load_model
+    from raycv.data.images import encode_png
+    from raycv.devices import default_device
+    from raycv.errors import RaycvError
+    from raycv.tasks import compress_ae
+    from raycv.verbs.files import write_output
+
+    if not storage.exists(args.code):
+        raise RaycvError(f"compressed file not found: {args.code}")
+    loaded = load_model(args.checkpoint, "compress_ae", default_device())
+    code, height, width = compress_ae.unpack_file(loaded.model, storage.read_bytes(args.code), args.code)
+    write_output(args.out, encode_png(compress_ae.decompress(loaded.model, code, height, width)))
+    print(f"{args.out}: {width}x{height} decoded from {args.code}")
+    return 0
+
+
+VERBS = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
+         "compress-image": (add_compress_arguments, run_compress),
+         "decompress": (add_decompress_arguments, run_decompress)}
