@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 
 import httpx
@@ -212,6 +213,23 @@ def test_compress_and_decompress_verbs_round_trip_and_refuse_damaged_or_foreign_
         assert re.search(f"{name}: {message}", error) and len(error.splitlines()) == 1, error
     assert main(["compress_ae", "decompress", "--checkpoint", other, "--code", str(packed), "--out", str(out)]) == 2
     assert "in.rcv: coded by another model" in capsys.readouterr().err
+
+
+def test_rd_curve_puts_the_models_beside_jpeg_and_webp_curves(tmp_path, capsys):
+    meta = TASK.dataset_meta({**SMALL, "photos": "brick"})
+    checkpoint = saved_checkpoint(TASK, TASK.default_config().replace(model="factorized", **TINY), meta,
+                                  str(tmp_path / "codec"))
+    out = tmp_path / "rd"
+    assert main(["compress_ae", "rd-curve", "--checkpoint", checkpoint, "--photos", "coins", "--out", str(out)]) == 0
+    rows = json.loads((out / "photos.json").read_text())
+    assert {row["codec"] for row in rows} >= {"factorized λ=0.01", "jpeg q2", "jpeg q90", "webp q2", "webp q90"}
+    for codec in ("jpeg", "webp"):
+        curve = [row for row in rows if row["codec"].startswith(codec + " q")]
+        assert len(curve) == 11 and all(0 < row["ms_ssim"] <= 1 for row in curve)
+        # Higher quality, more bits and a closer picture.
+        assert [row["bpp"] for row in curve] == sorted(row["bpp"] for row in curve)
+        assert curve[-1]["psnr"] > curve[0]["psnr"] + 10 and curve[-1]["ms_ssim"] > curve[0]["ms_ssim"]
+    assert Image.open(out / "rate_distortion.png").size[0] > 1000 and "webp q90" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

@@ -60,3 +60,12 @@ def masked_psnr(results: torch.Tensor, references: torch.Tensor, masks: torch.Te
     count = masks.sum(dim=(1, 2, 3)) * results.shape[1]
     mse = error.sum(dim=(1, 2, 3)) / count.clamp(min=1)
     return (10 * torch.log10(1 / mse.clamp(min=1e-10))).clamp(max=100.0)
+
+
+def ms_ssim(result: np.ndarray, reference: np.ndarray) -> float:
+    """Multi-scale SSIM on RGB (Wang et al. 2003, torchmetrics' five scales) of one uint8 HWC image, the
+    learned-compression literature's second number. Images need 161+ pixels a side for the five scales."""
+    import torchmetrics
+
+    measure = torchmetrics.image.MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0)
+    return float(measure(quantize(as_batch(result)), quantize(as_batch(reference))))

@@ -28,7 +28,7 @@ import io
 import struct
 import zlib
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from raycv.data.figures import busiest_window, side_by_side, write_png, zoom
 from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
 from raycv.data.natural import CROP_SOURCE_DEFAULTS, crop_source, training_crop
 from raycv.data.photos import held_out_photos, real_photos
-from raycv.data.quality import ImageQuality, psnr_ssim
+from raycv.data.quality import ImageQuality, ms_ssim, psnr_ssim
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
@@ -113,24 +113,55 @@ def latent_size(height: int, width: int, stride: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------
 
 
+def pillow_coded(image: np.ndarray, codec: str, quality: int) -> tuple[np.ndarray, int]:
+    """An image through Pillow's JPEG (4:2:0, optimised Huffman tables) or WebP (lossy, slowest method) at a
+    quality: (decoded image, bytes)."""
+    buffer = io.BytesIO()
+    options = {"optimize": True} if codec == "JPEG" else {"method": 6}
+    Image.fromarray(image).save(buffer, format=codec, quality=quality, **options)
+    return decode_image(buffer.getvalue()), buffer.tell()
+
+
 def jpeg_at_most(image: np.ndarray, bits: float) -> tuple[np.ndarray, float, int]:
-    """The best JPEG (highest quality, 4:2:0, optimised Huffman tables) whose file has at most `bits`
-    bits; (decoded image, its bpp, quality). Quality 1 if even that is larger."""
+    """The best JPEG (highest quality) whose file has at most `bits` bits; (decoded image, its bpp,
+    quality). Quality 1 if even that is larger."""
     best = None
     for quality in range(1, 96):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=quality, optimize=True)
-        if best is not None and 8 * buffer.tell() > bits:
+        decoded, size = pillow_coded(image, "JPEG", quality)
+        if best is not None and 8 * size > bits:
             break
-        best = (buffer.getvalue(), quality)
-    data, quality = best
-    return decode_image(data), 8 * len(data) / (image.shape[0] * image.shape[1]), quality
+        best = (decoded, size, quality)
+    decoded, size, quality = best
+    return decoded, 8 * size / (image.shape[0] * image.shape[1]), quality
+
+
+def codec_label(loaded: LoadedModel) -> str:
+    """A checkpoint's name in tables and plots: its model, and its lambda for the rate-distortion codec."""
+    config = loaded.meta["config"]
+    return f"factorized λ={config['extra']['rd_lambda']:g}" if config["model"] == "factorized" else config["model"]
+
+
+def quality_row(image: str, codec: str, bpp: float, result: np.ndarray, photo: np.ndarray) -> dict[str, Any]:
+    psnr, ssim = psnr_ssim(result, photo, luma=False)
+    return {"image": image, "codec": codec, "bpp": round(bpp, 3), "psnr": round(psnr, 2), "ssim": round(ssim, 4),
+            "ms_ssim": round(ms_ssim(result, photo), 4)}
+
+
+def with_means(rows: list[dict[str, Any]], group: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """`rows` and, per group of rows, one "mean" row of their bpp, PSNR, SSIM and MS-SSIM."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group(row), []).append(row)
+    digits = {"bpp": 3, "psnr": 2, "ssim": 4, "ms_ssim": 4}
+    return rows + [{"image": "mean", "codec": codec, **{key: round(float(np.mean([row[key] for row in mine])), places)
+                                                        for key, places in digits.items()}}
+                   for codec, mine in groups.items()]
 
 
 def score_photos(models: list[LoadedModel], predict: Predict, names: tuple[str, ...] | None = None,
                  out: str | None = None) -> list[dict[str, Any]]:
-    """Per photo and codec (each model, then JPEG at no more bits than the first): bpp, PSNR and SSIM
-    on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
+    """Per photo and codec (each model, then JPEG at no more bits than the first): bpp, PSNR, SSIM and
+    MS-SSIM on RGB of the whole photo, coded and decoded. With `out`, a side-by-side PNG per photo."""
     rows = []
     for name, photo in real_photos(names or held_out_photos(models[0].dataset_meta)).items():
         pictures = [("original", photo)]
@@ -139,29 +170,65 @@ def score_photos(models: list[LoadedModel], predict: Predict, names: tuple[str, 
             answer = predict(loaded, [photo])[0]
             result = answer_image(answer)
             first_bits = first_bits or 8 * answer["bytes"]
-            psnr, ssim = psnr_ssim(result, photo, luma=False)
-            label = loaded.meta["config"]["model"]
-            rows.append({"image": name, "codec": label, "bpp": round(answer["bpp"], 3), "psnr": round(psnr, 2),
-                         "ssim": round(ssim, 4)})
-            pictures.append((f"{label} {answer['bpp']:.2f} bpp {psnr:.1f} dB", result))
+            rows.append(quality_row(name, codec_label(loaded), answer["bpp"], result, photo))
+            pictures.append((f"{codec_label(loaded)} {answer['bpp']:.2f} bpp {rows[-1]['psnr']:.1f} dB", result))
         jpeg, jpeg_bpp, quality = jpeg_at_most(photo, first_bits)
-        psnr, ssim = psnr_ssim(jpeg, photo, luma=False)
-        rows.append({"image": name, "codec": f"jpeg q{quality}", "bpp": round(jpeg_bpp, 3), "psnr": round(psnr, 2),
-                     "ssim": round(ssim, 4)})
-        pictures.append((f"JPEG {jpeg_bpp:.2f} bpp {psnr:.1f} dB", jpeg))
+        rows.append(quality_row(name, f"jpeg q{quality}", jpeg_bpp, jpeg, photo))
+        pictures.append((f"JPEG {jpeg_bpp:.2f} bpp {rows[-1]['psnr']:.1f} dB", jpeg))
         if out:
             top, left = busiest_window(photo, 128)
             box = (top, left, min(128, photo.shape[0]), min(128, photo.shape[1]))
             panels = side_by_side([(label, zoom(image, box, 2)) for label, image in pictures])
             write_png(out, f"{name}_compress.png", panels)
-    codecs = list(dict.fromkeys(row["codec"].split(" q")[0] for row in rows))
-    for codec in codecs:
-        mine = [row for row in rows if row["codec"].split(" q")[0] == codec and row["image"] != "mean"]
-        rows.append({"image": "mean", "codec": codec,
-                     **{key: round(float(np.mean([row[key] for row in mine])),
-                                   4 if key == "ssim" else 3 if key == "bpp" else 2)
-                        for key in ("bpp", "psnr", "ssim")}})
-    return rows
+    return with_means(rows, lambda row: row["codec"].split(" q")[0])
+
+
+PILLOW_QUALITIES = (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def rate_distortion(models: list[LoadedModel], predict: Predict, names: tuple[str, ...] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Mean bpp, PSNR, SSIM and MS-SSIM over the held-out photographs of each model and of JPEG and WebP at
+    each of PILLOW_QUALITIES (the "mean" rows; "image" rows per photo before them): the curves of
+    rate_distortion_png."""
+    rows = []
+    for name, photo in real_photos(names or held_out_photos(models[0].dataset_meta)).items():
+        pixels = photo.shape[0] * photo.shape[1]
+        for loaded in models:
+            answer = predict(loaded, [photo])[0]
+            rows.append(quality_row(name, codec_label(loaded), answer["bpp"], answer_image(answer), photo))
+        for codec in ("JPEG", "WebP"):
+            for quality in PILLOW_QUALITIES:
+                decoded, size = pillow_coded(photo, codec, quality)
+                rows.append(quality_row(name, f"{codec.lower()} q{quality}", 8 * size / pixels, decoded, photo))
+    return with_means(rows, lambda row: row["codec"])
+
+
+def rate_distortion_png(rows: list[dict[str, Any]]) -> bytes:
+    """PSNR and MS-SSIM against bits per pixel: a line per Pillow codec, a point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = [row for row in rows if row["image"] == "mean"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, label in ((axes[0], "psnr", "PSNR (dB, RGB)"), (axes[1], "ms_ssim", "MS-SSIM (RGB)")):
+        for codec in ("jpeg", "webp"):
+            curve = sorted((row["bpp"], row[key]) for row in means if row["codec"].startswith(codec + " q"))
+            axis.plot(*zip(*curve, strict=True), marker=".", label=codec.upper())
+        models = sorted((row["bpp"], row[key], row["codec"]) for row in means if " q" not in row["codec"])
+        for bpp, value, codec in models:
+            axis.scatter([bpp], [value], s=40, zorder=3, label=codec)
+        axis.set(xlabel="bits per pixel", ylabel=label, xlim=(0, 1.2))
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle("compress_ae on photographs never trained on (mean over the photos)")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------

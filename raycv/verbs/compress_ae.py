@@ -1,8 +1,9 @@
-"""`raycv compress_ae eval-photos`, `compress-image` and `decompress`."""
+"""`raycv compress_ae eval-photos`, `rd-curve`, `compress-image` and `decompress`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from raycv.verbs.photos import add_photo_arguments, photo_names, report_photos
 
@@ -23,6 +24,29 @@ def run_eval_photos(args: argparse.Namespace) -> int:
     rows = compress_ae.score_photos(models, predict, photo_names(args.photos), args.out or None)
     return report_photos(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; "
                                "JPEG at no more bits than the first checkpoint)", args.out)
+
+
+def add_rd_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    add_photo_arguments(parser, "a trained compress_ae checkpoint (repeatable: one per rate point)",
+                        repeat_checkpoint=True)
+
+
+def run_rd_curve(args: argparse.Namespace) -> int:
+    """mean bpp, PSNR and MS-SSIM of each checkpoint against JPEG's and WebP's curves, and their plot"""
+    from raycv.checkpoint import load_model
+    from raycv.devices import default_device
+    from raycv.inference import predict
+    from raycv.report import write_bytes
+    from raycv.tasks import compress_ae
+
+    models = [load_model(path, "compress_ae", default_device()) for path in args.checkpoint]
+    rows = compress_ae.rate_distortion(models, predict, photo_names(args.photos))
+    report_photos([row for row in rows if row["image"] == "mean"],
+                  "compress_ae against JPEG and WebP: means over the photographs never trained on (RGB)", args.out)
+    if args.out:
+        write_bytes(os.path.join(args.out, "rate_distortion.png"), compress_ae.rate_distortion_png(rows))
+        print(f"plot: {os.path.join(args.out, 'rate_distortion.png')}")
+    return 0
 
 
 def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,5 +101,6 @@ def run_decompress(args: argparse.Namespace) -> int:
 
 
 VERBS = {"eval-photos": (add_eval_photos_arguments, run_eval_photos),
+         "rd-curve": (add_rd_curve_arguments, run_rd_curve),
          "compress-image": (add_compress_arguments, run_compress),
          "decompress": (add_decompress_arguments, run_decompress)}

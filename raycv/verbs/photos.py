@@ -15,7 +15,7 @@ def add_photo_arguments(parser: argparse.ArgumentParser, checkpoint_help: str, r
     parser.add_argument("--checkpoint", required=True, help=checkpoint_help,
                         action="append" if repeat_checkpoint else "store")
     parser.add_argument("--photos", default="", help=f"comma-separated subset of {', '.join(PHOTO_NAMES)} "
-                                                     "(default: all)")
+                                                     "(default: all those the checkpoint's dataset did not train on)")
     parser.add_argument("--out", default="", help="folder for side-by-side PNGs and photos.json (default: none)")
 
 
