@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import free_port, png_bytes, served
+from conftest import free_port, png_bytes, saved_checkpoint, served
 
 from raycv.cli import main
 from raycv.data import procedural
@@ -20,7 +21,7 @@ from raycv.data.images import to_model_input
 from raycv.synth import synthesize
 from raycv.models.dcgan import DCGAN, NOISE_DIM
 from raycv.tasks import get_task
-from raycv.tasks.dcgan import sliced_wasserstein
+from raycv.tasks.dcgan import class_census, sliced_wasserstein
 
 TASK = get_task("dcgan")
 
@@ -113,6 +114,33 @@ def test_fit_reports_swd_beside_its_floor_and_samples_draws_the_grid(dcgan_run, 
     assert Image.open(grid).size[0] > 3 * 64  # six 64-px samples side by side in rows
     assert main(["dcgan", "samples", "--checkpoint", result.best_checkpoint, "--out", str(grid), "--count", "0"]) == 2
     assert "invalid --count 0" in capsys.readouterr().err
+
+
+def test_class_census_counts_confident_samples_and_the_distance_from_even_shares():
+    classes = ["circle", "square", "star", "ring"]
+    even = class_census(["circle", "square", "star", "ring"] * 5, [0.95] * 15 + [0.5] * 5, classes)
+    assert even["confident"] == 0.75 and even["min_share"] == 0.25 and even["distance_from_uniform"] == 0
+    collapsed = class_census(["star"] * 20, [0.99] * 20, classes)
+    assert collapsed["min_share"] == 0 and collapsed["distance_from_uniform"] == pytest.approx(0.75)
+    assert collapsed["shares"] == {"circle": 0, "square": 0, "star": 1.0, "ring": 0}
+
+
+def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, capsys):
+    result, _ = dcgan_run
+    classify = get_task("classify")
+    meta = classify.dataset_meta({"image_size": 64})
+    classifier = saved_checkpoint(classify, classify.default_config().replace(width=0.25), meta,
+                                  str(tmp_path / "shapes"))
+    out = tmp_path / "score.json"
+    assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", classifier,
+                 "--count", "30", "--out", str(out)]) == 0
+    census = json.loads(out.read_text())
+    assert census["samples"] == 30 and sum(census["shares"].values()) == pytest.approx(1)
+    assert set(census["shares"]) == set(procedural.SHAPE_CLASSES) and 0 <= census["confident"] <= 1
+    assert "30 samples:" in capsys.readouterr().out
+    assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier",
+                 result.best_checkpoint]) == 2
+    assert "classify" in capsys.readouterr().err  # a dcgan checkpoint is not a classifier
 
 
 def test_predict_route_answers_the_same_sample_for_the_same_image(dcgan_run):

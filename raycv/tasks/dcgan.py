@@ -27,6 +27,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from raycv.checkpoint import LoadedModel
 from raycv.config import TrainConfig
 from raycv.data import procedural
 from raycv.data.augment import random_dihedral
@@ -34,7 +35,7 @@ from raycv.data.figures import grid
 from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
 from raycv.data.natural import check_images_dir, photo_crop
 from raycv.models.dcgan import DCGAN, NOISE_DIM
-from raycv.tasks.base import Task
+from raycv.tasks.base import Predict, Task
 from raycv.tasks.cards import CARDS
 
 IMAGE_SIZE = 64
@@ -72,6 +73,41 @@ def sample_grid(model: nn.Module, count: int = 64, seed: int = 0, columns: int =
     with torch.inference_mode():
         images = model.eval()(noise_for(list(range(seed, seed + count)), next(model.parameters()).device))
     return grid(to_uint8_images(images), columns)
+
+
+CONFIDENT = 0.9  # a sample counts as a recognisable shape when the classifier gives its class this much
+
+
+def class_census(top_classes: list[str], top_probabilities: list[float], classes: list[str]) -> dict[str, Any]:
+    """How recognisable and how varied samples are, from a shape classifier's top class and probability for
+    each: `confident` (the share with probability >= CONFIDENT), `shares` (each class's share of the
+    samples), `min_share` and `distance_from_uniform` (total variation from equal shares: 0 when every class
+    has 1/K of the samples, near 1 when the generator draws one class only: mode collapse)."""
+    counts = {name: 0 for name in classes}
+    for name in top_classes:
+        counts[name] += 1
+    shares = {name: count / len(top_classes) for name, count in counts.items()}
+    return {"samples": len(top_classes),
+            "confident": float(np.mean([p >= CONFIDENT for p in top_probabilities])),
+            "min_share": min(shares.values()),
+            "distance_from_uniform": 0.5 * sum(abs(share - 1 / len(classes)) for share in shares.values()),
+            "shares": shares}
+
+
+def recognisability(model: nn.Module, classifier: LoadedModel, predict: Predict, count: int = 1000,
+                    seed: int = 0, batch: int = 100) -> dict[str, Any]:
+    """class_census of `count` samples (noise seeds seed, seed + 1, ...) by a raycv classify checkpoint
+    trained on the images the generator learned from (`raycv classify synth --param image_size=64`)."""
+    device = next(model.parameters()).device
+    top_classes, top_probabilities = [], []
+    for start in range(seed, seed + count, batch):
+        with torch.inference_mode():
+            images = to_uint8_images(model.eval()(noise_for(list(range(start, min(start + batch, seed + count))),
+                                                            device)))
+        for (top,) in predict(classifier, list(images), top_k=1):
+            top_classes.append(top["class"])
+            top_probabilities.append(top["probability"])
+    return class_census(top_classes, top_probabilities, classifier.dataset_meta["classes"])
 
 
 def the_gan(model: nn.Module) -> DCGAN:

@@ -1,4 +1,4 @@
-"""`raycv dcgan samples`."""
+"""`raycv dcgan samples` and `raycv dcgan score`."""
 
 from __future__ import annotations
 
@@ -29,4 +29,38 @@ def run_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"samples": (add_samples_arguments, run_samples)}
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a trained dcgan checkpoint")
+    parser.add_argument("--classifier", required=True,
+                        help="a raycv classify checkpoint trained on the same images (classify synth --param "
+                             "image_size=64 draws the shapes dcgan synth does, with their labels)")
+    parser.add_argument("--count", type=int, default=1000, help="samples to classify (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seeds seed, seed + 1, ...")
+    parser.add_argument("--out", default="", help="also write the numbers as JSON here")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """how many samples a shape classifier recognises, and how evenly over the classes"""
+    import json
+
+    from raycv.checkpoint import load_model
+    from raycv.inference import predict
+    from raycv.report import table
+    from raycv.tasks import dcgan
+    from raycv.verbs.files import write_output
+
+    if args.count < 1:
+        raise RaycvError(f"invalid --count {args.count}: expected a number of samples >= 1")
+    loaded = load_model(args.checkpoint, "dcgan")
+    classifier = load_model(args.classifier, "classify")
+    census = dcgan.recognisability(loaded.model, classifier, predict, args.count, args.seed)
+    print(table([{"class": name, "share": round(share, 4)} for name, share in census["shares"].items()],
+                f"{census['samples']} samples: {census['confident']:.1%} classified with p >= {dcgan.CONFIDENT}; "
+                f"smallest class {census['min_share']:.1%}, "
+                f"distance from uniform {census['distance_from_uniform']:.3f}"))
+    if args.out:
+        write_output(args.out, json.dumps(census, indent=2).encode())
+    return 0
+
+
+VERBS = {"samples": (add_samples_arguments, run_samples), "score": (add_score_arguments, run_score)}
