@@ -120,9 +120,10 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
     datasets, meta = prepare_datasets(task, data, base)
     trainable = ray.tune.with_parameters(run_trial, task_name=task.name, base=base.to_dict(), datasets=datasets,
                                          meta=meta, trials_root=trials_root)
-    # The trial driver only waits on its TorchTrainer, whose workers hold the CPUs and GPUs; a whole
-    # CPU per driver would starve the workers on small machines (Tune refuses an empty request).
-    trainable = ray.tune.with_resources(trainable, {"CPU": 0.01})
+    # The trial driver only waits on its TorchTrainer, whose workers hold the CPUs and GPUs. It asks for no
+    # CPU at all (Tune refuses an empty request, so a little memory stands in): even 0.01 CPU left trials
+    # whose workers ask for every CPU of a node waiting for a worker that could never start.
+    trainable = ray.tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20})
     if storage.exists(path) and ray.tune.Tuner.can_restore(path):  # storage.exists: one line if unreachable
         tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
