@@ -43,6 +43,7 @@ class TrainConfig:
     schedule: str = option("onecycle", f"learning-rate schedule: one of {', '.join(SCHEDULES)}")
     warmup_fraction: float = option(0.2, "onecycle's rising phase, as a share of all steps")
     label_smoothing: float = option(0.0, "label smoothing for classification losses")
+    grad_clip: float = option(0.0, "clip the gradients' global norm to this before each step (0 = off)")
     augment: bool = option(True, "batched augmentation on the training device")
     sparsity: float = option(0.0, "global magnitude sparsity kept through training (0 = dense); see raycv/sparsity.py")
     pretrained: str = option("", "start from these weights: a raycv checkpoint (e.g. a dense model to sparsify and "
@@ -89,6 +90,7 @@ class TrainConfig:
              "ranks on one GPU); use fractions with --workers 1"),
             (not self.sync_bn or self.gpu, "sync_bn", self.sync_bn, "False without --gpu (SyncBatchNorm runs on GPUs)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip", self.grad_clip, "a norm >= 0 (0 = off)"),
             (0 < self.warmup_fraction < 1, "warmup_fraction", self.warmup_fraction, "in (0, 1)"),
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}"),

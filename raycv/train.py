@@ -230,6 +230,9 @@ def train_step(task: Task, model: torch.nn.Module, batch: dict[str, torch.Tensor
     # grad is None entirely (no momentum, no weight decay), so a frozen layer stays exactly as it was.
     for parameter in frozen or ():
         parameter.grad = None
+    if cfg.grad_clip:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()

@@ -66,3 +66,28 @@ def test_stopped_run_resumes_under_another_amp_and_a_crash_is_retried(ray_sessio
     assert result.resumed_at == [2, 3]
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in result.history)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_grad_clip_bounds_the_step_of_plain_sgd(grad_clip):
+    from raycv.config import TrainConfig
+    from raycv.errors import RaycvError
+    from raycv.train import train_step
+
+    class SquaredOutput:  # the one piece of a Task train_step calls when augmentation is off
+        def loss(self, model, batch, cfg):
+            return 1000 * model(batch["x"]).pow(2).sum()
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    cfg = TrainConfig(augment=False, grad_clip=grad_clip)
+    train_step(SquaredOutput(), model, {"x": torch.randn(16, 8)}, cfg, optimizer, scheduler,
+               torch.amp.GradScaler("cpu", enabled=False), None)
+    moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+    # lr 1: the step is the gradient, whose norm is in the thousands unless clipped
+    assert moved == pytest.approx(0.5, rel=1e-4) if grad_clip else moved > 100
+    with pytest.raises(RaycvError, match=r"invalid grad_clip=-1.0: expected a norm >= 0"):
+        TrainConfig(grad_clip=-1.0).validate()
