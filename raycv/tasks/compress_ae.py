@@ -218,8 +218,8 @@ def rate_distortion_png(rows: list[dict[str, Any]]) -> bytes:
             curve = sorted((row["bpp"], row[key]) for row in means if row["codec"].startswith(codec + " q"))
             axis.plot(*zip(*curve, strict=True), marker=".", label=codec.upper())
         models = sorted((row["bpp"], row[key], row["codec"]) for row in means if " q" not in row["codec"])
-        for bpp, value, codec in models:
-            axis.scatter([bpp], [value], s=40, zorder=3, label=codec)
+        for index, (bpp, value, codec) in enumerate(models):  # colours after the two curves'
+            axis.scatter([bpp], [value], s=90, marker="*", color=f"C{index + 2}", zorder=3, label=codec)
         axis.set(xlabel="bits per pixel", ylabel=label, xlim=(0, 1.2))
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
