@@ -33,6 +33,21 @@ def shapes(count: int, seed: int) -> torch.Tensor:
     return to_model_input(torch.from_numpy(np.stack(images)))
 
 
+def test_plain_backgrounds_are_one_flat_colour_around_the_shape():
+    rng = np.random.default_rng(0)
+    for label in range(len(procedural.SHAPE_CLASSES)):
+        plain = procedural.render_shape_image(rng, label, 64, "plain").astype(int)
+        textured = procedural.render_shape_image(rng, label, 64).astype(int)
+        border = [plain[0], plain[-1], plain[:, 0], plain[:, -1]]
+        # The shape may touch the frame (its centre keeps 90 % of its radius inside): most border pixels are
+        # the background's one colour, and the shape is there in another.
+        background = np.median(np.concatenate(border), axis=0)
+        share = np.mean([(np.abs(edge - background).max(axis=-1) == 0).mean() for edge in border])
+        assert share > 0.6, (procedural.SHAPE_CLASSES[label], share)
+        assert (np.abs(plain - background).max(axis=-1) > 20).mean() > 0.02  # a shape is drawn
+        assert len(np.unique(textured[0].reshape(-1, 3), axis=0)) > 8  # texture, clutter and noise
+
+
 def changed_players(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     images: torch.Tensor) -> tuple[str, set[str]]:
     """One training step; which player's loss it was and whose parameters moved."""
@@ -128,7 +143,7 @@ def test_class_census_counts_confident_samples_and_the_distance_from_even_shares
 def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, capsys):
     result, _ = dcgan_run
     classify = get_task("classify")
-    meta = classify.dataset_meta({"image_size": 64})
+    meta = classify.dataset_meta({"image_size": 64, "background": "plain"})
     classifier = saved_checkpoint(classify, classify.default_config().replace(width=0.25), meta,
                                   str(tmp_path / "shapes"))
     out = tmp_path / "score.json"

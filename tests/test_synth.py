@@ -76,6 +76,8 @@ def test_bad_synth_requests(ray_session, tmp_path, classify_data):
     task = get_task("classify")
     with pytest.raises(RaycvError, match="unknown classify synth parameter.*colour"):
         synthesize(task, str(tmp_path / "x"), {"train": 10}, params={"colour": 1})
+    with pytest.raises(RaycvError, match="invalid background='grass': expected textured or plain"):
+        synthesize(task, str(tmp_path / "x"), {"train": 10}, params={"background": "grass"})
     with pytest.raises(RaycvError, match="invalid size -5 for split 'train': expected an integer >= 0"):
         synthesize(task, str(tmp_path / "x"), {"train": -5})
     with pytest.raises(RaycvError, match="already exists"):

@@ -20,6 +20,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
+from raycv.errors import RaycvError
+
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
     "square",
@@ -350,17 +352,34 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 
 
-def render_shape_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
+BACKGROUNDS = ("textured", "plain")
+
+
+def check_background(background: str) -> str:
+    """--param background=, as a one-line error naming the bad value."""
+    if background not in BACKGROUNDS:
+        raise RaycvError(f"invalid background={background!r}: expected {' or '.join(BACKGROUNDS)}")
+    return background
+
+
+def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
+                       background: str = "textured") -> np.ndarray:
     """One (size, size, 3) uint8 image of class `label` (an index into SHAPE_CLASSES). Deterministic:
-    the same generator state gives byte-identical output."""
+    the same generator state gives byte-identical output. `background="plain"` draws the shape alone on
+    one flat colour (no texture, clutter, contrast change or noise): the set a small generator can learn."""
     if not 0 <= label < len(SHAPE_CLASSES):
         raise ValueError(f"label {label} is outside 0..{len(SHAPE_CLASSES) - 1}")
-    image, background_colors = random_background(rng, size)
+    plain = check_background(background) == "plain"
+    if plain:
+        color = random_color(rng)
+        image, background_colors = np.broadcast_to(color, (size, size, 3)).astype(np.float32), (color, color)
+    else:
+        image, background_colors = random_background(rng, size)
 
     # Distractors are drawn under the shape or, less often, across it, so the network must learn to
     # ignore thin occluders rather than just the background.
     over = []
-    for _ in range(rng.integers(0, 5)):
+    for _ in range(0 if plain else rng.integers(0, 5)):
         window, alpha, color = random_clutter(rng, size)
         if rng.random() < 0.3:
             over.append((window, alpha, color))
@@ -379,6 +398,8 @@ def render_shape_image(rng: np.random.Generator, label: int, size: int = 32) -> 
 
     for window, alpha, color in over:
         image[window] = composite(image[window], alpha, color)
+    if plain:
+        return to_uint8(image)
     image = adjust_contrast(image, rng.uniform(0.7, 1.2))
     image = add_gaussian_noise(rng, image, rng.uniform(0.0, 0.05))
     return to_uint8(image)

@@ -24,7 +24,7 @@ from raycv.config import TrainConfig
 from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.photo_pipeline import eval_transform, mix_batch, train_transform, transform_photos
-from raycv.data.procedural import SHAPE_CLASSES, render_shape_image
+from raycv.data.procedural import SHAPE_CLASSES, check_background, render_shape_image
 from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
 from raycv.models.common import FlipAveraged, Normalized
@@ -45,15 +45,17 @@ class ClassifyTask(Task):
     card = CARDS["classify"]
     metric = "accuracy"
     metric_mode = "max"
-    synth_defaults = {"image_size": 32}
+    synth_defaults = {"image_size": 32, "background": "textured"}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
-        return {"classes": list(SHAPE_CLASSES), "image_size": [size, size]}
+        return {"classes": list(SHAPE_CLASSES), "image_size": [size, size],
+                "background": check_background(params["background"])}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         label = int(rng.integers(len(SHAPE_CLASSES)))
-        return {"image": encode_png(render_shape_image(rng, label, int(params["image_size"]))), "label": label}
+        image = render_shape_image(rng, label, int(params["image_size"]), params["background"])
+        return {"image": encode_png(image), "label": label}
 
     def check_data(self, path: str, cfg: TrainConfig) -> None:
         if not formats.is_cifar10(path):
