@@ -193,15 +193,32 @@ class LoadedModel:
         return self.meta["dataset"]
 
 
-def load_model(path: str, task_name: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def check_inference_options(task: Task, options: dict[str, Any]) -> None:
+    """Refuse, in one line, options a trained model cannot change and bad values of those it can."""
+    fixed = sorted(set(options) - set(task.card.inference_options))
+    if fixed:
+        changeable = ", ".join(task.card.inference_options) or "none"
+        raise RaycvError(f"{', '.join(fixed)} cannot change after training a {task.name} model "
+                         f"(options evaluation may change: {changeable})")
+    task.card.check_options(options)
+
+
+def with_inference_options(task: Task, config: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    check_inference_options(task, options)
+    return config.replace(extra={**config.extra, **options}) if options else config
+
+
+def load_model(path: str, task_name: str | None = None, device: str | torch.device = "cpu",
+               options: dict[str, Any] | None = None) -> LoadedModel:
     """Rebuild the model saved at `path`, in eval mode. With `task_name`, refuse another task's
-    checkpoint rather than fail later with a confusing shape error."""
+    checkpoint rather than fail later with a confusing shape error. `options` change the task's
+    inference options (TaskCard.inference_options: test-time augmentation) from what the run used."""
     with local_copy(path) as folder:
         meta = read_meta(folder)
         if task_name is not None and meta["task"] != task_name:
             raise RaycvError(f"checkpoint {path} belongs to task {meta['task']!r}, not {task_name!r}")
         task = get_task(meta["task"])
-        config = stored_config(meta, path)
+        config = with_inference_options(task, stored_config(meta, path), options or {})
         model = task.build_model(config, meta["dataset"])
         model.load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu"))
     return LoadedModel(task, model.to(device).eval(), config, meta, storage.absolute(path))

@@ -70,6 +70,19 @@ def add_config_flags(parser: argparse.ArgumentParser, task_name: str) -> None:
             group.add_argument(flag, dest=dest, type=type(default), default=None, metavar=name.upper(), help=help_text)
 
 
+def add_inference_flags(parser: argparse.ArgumentParser, card: TaskCard) -> None:
+    """eval, predict and serve: `--NAME` for each train option a trained checkpoint may change."""
+    for name in card.inference_options:
+        default, help_text = card.train_options[name]
+        parser.add_argument("--" + name.replace("_", "-"), dest=TASK_OPTION_PREFIX + name, type=type(default),
+                            default=None, metavar=name.upper(), help=f"{help_text} (default: the checkpoint's)")
+
+
+def inference_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, TASK_OPTION_PREFIX + name) for name in CARDS[args.task].inference_options
+            if getattr(args, TASK_OPTION_PREFIX + name, None) is not None}
+
+
 def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
     """The task's default config with the flags given on the command line, validated."""
     card = CARDS[task_name]
@@ -280,6 +293,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--batch-size", type=int, default=256)
+    add_inference_flags(parser, card)
     add_verbose_flag(parser)
 
 
@@ -290,7 +304,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from raycv.report import table
 
     init_ray_for(args)
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.task)
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.task,
+                                  inference_options_from_args(args))
     print(table([metrics], f"{args.task} {args.split} metrics"))
 
 
@@ -307,10 +322,15 @@ def add_predict_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> No
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="with --folder: CPUs per model actor")
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="with --folder: GPUs per model actor")
     parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...)")
+    add_inference_flags(parser, card)
     add_verbose_flag(parser)
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    options = inference_options_from_args(args)
+    if options and args.url:
+        raise RaycvError(f"--{next(iter(options)).replace('_', '-')} changes a local model: a Serve app at --url "
+                         "answers as it was started (give the option to `raycv serve`)")
     if args.checkpoint:
         require_path(args.checkpoint, "checkpoint")
     if args.folder:
@@ -322,7 +342,8 @@ def run_predict(args: argparse.Namespace) -> None:
         init_ray_for(args)
         summary = inference.predict_folder(args.checkpoint, args.folder, args.out, args.task,
                                            concurrency=args.concurrency, batch_size=args.batch_size,
-                                           cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
+                                           cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                                           options=options)
         print(json.dumps(summary))
         return
     if not args.images:
@@ -335,7 +356,7 @@ def run_predict(args: argparse.Namespace) -> None:
         from raycv.checkpoint import load_model
         from raycv.devices import default_device
 
-        loaded = load_model(args.checkpoint, args.task, default_device())
+        loaded = load_model(args.checkpoint, args.task, default_device(), options)
         answers = inference.predict(loaded, inference.read_image_files(args.images, loaded.task.image_mode))
     for path, answer in zip(args.images, answers, strict=True):
         print(f"{path}: {json.dumps(answer)}")
@@ -346,7 +367,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
     parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to listen on all interfaces")
     parser.add_argument("--port", type=int, default=8000)
     for field in dataclasses.fields(ServeOptions):
-        if field.name in ("checkpoint", "task"):
+        if field.name in ("checkpoint", "task", "inference_options"):
             continue
         flags = ["--" + field.name.replace("_", "-")]
         extra = {"nargs": "?", "const": 1.0} if field.name == "gpu" else {}  # bare --gpu: one GPU
@@ -354,11 +375,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> None
             flags.append("--target-ongoing")
         parser.add_argument(*flags, dest=field.name, type=type(field.default), default=field.default,
                             help=f"{field.metadata.get('help', '')} (default: {field.default})", **extra)
+    add_inference_flags(parser, card)
     add_verbose_flag(parser)
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    options = options_from_args(ServeOptions, args, task=args.task)
+    options = options_from_args(ServeOptions, args, task=args.task, inference_options=inference_options_from_args(args))
     require_path(args.checkpoint, "checkpoint")
     from raycv.devices import check_local_gpus
     from raycv.serve import run_server

@@ -138,6 +138,8 @@ class ServeOptions:
 
     checkpoint: str
     task: str | None = None  # refuse a checkpoint of another task when set
+    # The task's inference options the replicas load the checkpoint with (checkpoint.load_model's `options`).
+    inference_options: dict[str, Any] = field(default_factory=dict)
     min_replicas: int = option(1, "autoscaling floor")
     max_replicas: int = option(2, "autoscaling ceiling")
     target_ongoing_requests: float = option(4.0, "requests in flight per replica the autoscaler aims for")

@@ -18,9 +18,9 @@ from raycv.errors import RaycvError
 
 
 def evaluate_checkpoint(path: str, data: str, split: str = "val", batch_size: int = 256,
-                        task_name: str | None = None) -> dict[str, float]:
+                        task_name: str | None = None, options: dict[str, Any] | None = None) -> dict[str, float]:
     device = default_device()
-    loaded = checkpoint.load_model(path, task_name, device)
+    loaded = checkpoint.load_model(path, task_name, device, options)
     splits, meta = open_dataset(loaded.task, data, loaded.config)
     if split not in splits:
         raise RaycvError(f"dataset {data} has no split {split!r}; splits: {', '.join(splits)}")
@@ -85,8 +85,9 @@ def predict_over_http(url: str, task_name: str, paths: list[str], timeout_s: flo
 class FolderPredictor:
     """A model replica for Ray Data's actor pool: loaded once per actor, called per batch of files."""
 
-    def __init__(self, checkpoint_path: str, task_name: str | None, postprocess_options: dict[str, Any]):
-        self.loaded = checkpoint.load_model(checkpoint_path, task_name, default_device())
+    def __init__(self, checkpoint_path: str, task_name: str | None, postprocess_options: dict[str, Any],
+                 options: dict[str, Any] | None = None):
+        self.loaded = checkpoint.load_model(checkpoint_path, task_name, default_device(), options)
         self.image_mode = self.loaded.task.image_mode
         self.postprocess_options = postprocess_options
 
@@ -109,9 +110,10 @@ class FolderPredictor:
 
 def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name: str | None = None,
                    concurrency: int = 2, batch_size: int = 64, cpus_per_actor: float = 1.0,
-                   gpus_per_actor: float = 0.0) -> dict[str, Any]:
+                   gpus_per_actor: float = 0.0, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Offline batch prediction of every image under `folder` with Ray Data and an actor pool of
-    `concurrency` model replicas; rows stream to `out` (.csv or .json lines) as they finish."""
+    `concurrency` model replicas; rows stream to `out` (.csv or .json lines) as they finish. `options`:
+    the task's inference options (checkpoint.load_model)."""
     import csv
     import time
 
@@ -119,7 +121,7 @@ def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name
 
     from raycv.data.formats import IMAGE_EXTENSIONS
 
-    loaded = checkpoint.load_model(checkpoint_path, task_name)  # fail fast, here, on a wrong checkpoint
+    loaded = checkpoint.load_model(checkpoint_path, task_name, options=options)  # fail fast, here, on a bad one
     writer = loaded.task.prediction_writer(out, loaded.dataset_meta) if out else None
     if out is not None and writer is None and not out.endswith((".csv", ".json")):
         raise RaycvError(f"--out {out}: expected a .csv or .json file name")
@@ -130,7 +132,8 @@ def predict_folder(checkpoint_path: str, folder: str, out: str | None, task_name
     dataset = ray.data.read_binary_files(storage.absolute(folder), include_paths=True, file_extensions=[
         extension.lstrip(".") for extension in IMAGE_EXTENSIONS]).map_batches(
         FolderPredictor, fn_constructor_kwargs={"checkpoint_path": checkpoint_path, "task_name": task_name,
-                                                "postprocess_options": writer.postprocess_options if writer else {}},
+                                                "postprocess_options": writer.postprocess_options if writer else {},
+                                                "options": options},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=concurrency), batch_size=batch_size,
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
     count = failed = 0

@@ -90,7 +90,7 @@ class ModelServer:
         device = torch.device("cuda" if self.options.gpu > 0 and torch.cuda.is_available() else "cpu")
         if device.type == "cpu":
             torch.set_num_threads(max(1, int(self.options.cpus_per_replica)))
-        self.loaded = load_model(self.options.checkpoint, self.options.task, device)
+        self.loaded = load_model(self.options.checkpoint, self.options.task, device, self.options.inference_options)
         self.image_mode = self.loaded.task.image_mode  # Task.image_mode, see tasks/base.py
         self.device = device
         self.predict_batch.set_max_batch_size(self.options.batch_size)
@@ -254,7 +254,7 @@ def state_folder(options: ServeOptions) -> str:
 
 
 def build_app(options: ServeOptions) -> serve.Application:
-    from raycv.checkpoint import local_copy, read_meta
+    from raycv.checkpoint import check_inference_options, local_copy, read_meta
     from raycv.tasks import get_task
 
     options.validate()
@@ -262,6 +262,7 @@ def build_app(options: ServeOptions) -> serve.Application:
     if task_name is None:  # only then read the checkpoint here: building an app touches no storage
         with local_copy(options.checkpoint) as folder:
             task_name = read_meta(folder)["task"]
+    check_inference_options(get_task(task_name), options.inference_options)  # here, not in every replica
     route_state = None
     if get_task(task_name).state_routes:
         # One replica on purpose: the state must be the same for every model replica.

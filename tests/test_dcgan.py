@@ -143,9 +143,9 @@ def test_class_census_counts_confident_samples_and_the_distance_from_even_shares
 def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, capsys):
     result, _ = dcgan_run
     classify = get_task("classify")
-    meta = classify.dataset_meta({"image_size": 64, "background": "plain"})
-    classifier = saved_checkpoint(classify, classify.default_config().replace(width=0.25), meta,
-                                  str(tmp_path / "shapes"))
+    meta = classify.dataset_meta({"image_size": 64, "background": "textured"})
+    classifier = saved_checkpoint(classify, classify.default_config().replace(width=0.25, label_smoothing=0.0),
+                                  meta, str(tmp_path / "shapes"))
     out = tmp_path / "score.json"
     assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", classifier,
                  "--count", "30", "--out", str(out)]) == 0
@@ -156,6 +156,14 @@ def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, c
     assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier",
                  result.best_checkpoint]) == 2
     assert "classify" in capsys.readouterr().err  # a dcgan checkpoint is not a classifier
+    smoothed = saved_checkpoint(classify, classify.default_config().replace(width=0.25), meta,
+                                str(tmp_path / "smoothed"))
+    assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", smoothed]) == 2
+    assert "--label-smoothing 0.1" in capsys.readouterr().err
+    plain = saved_checkpoint(classify, classify.default_config().replace(width=0.25, label_smoothing=0.0),
+                             classify.dataset_meta({"image_size": 64, "background": "plain"}), str(tmp_path / "plain"))
+    assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", plain]) == 2
+    assert "textured backgrounds and the classifier" in capsys.readouterr().err
 
 
 def test_predict_route_answers_the_same_sample_for_the_same_image(dcgan_run):

@@ -80,6 +80,48 @@ def test_flip_tta_averages_each_logit_map_with_its_mirrors_flipped_back():
         assert not torch.allclose(plain(x.flip(-1)).flip(-1), plain(x), atol=1e-3)
 
 
+def test_scale_tta_averages_the_logit_maps_of_enlarged_inputs_resized_back():
+    meta = {"classes": ["a", "b"], "image_size": [64, 64]}
+    cfg = TASK.default_config().replace(model="fpn_resnet18", width=0.25)
+    plain = TASK.build_model(cfg, meta).eval()
+    scaled = TASK.build_model(cfg.replace(extra={**cfg.extra, "tta": "flip", "tta_scales": "1,1.5"}), meta).eval()
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 96)
+    resize = torch.nn.functional.interpolate
+    with torch.no_grad():
+        large = resize(x, (96, 128), mode="bilinear", align_corners=False)  # 1.5 x (64, 96), to multiples of 32
+        maps = [plain(x), plain(x.flip(-1)).flip(-1), plain(large), plain(large.flip(-1)).flip(-1)]
+        maps[2:] = [resize(m, (64, 96), mode="bilinear", align_corners=False) for m in maps[2:]]
+        assert torch.allclose(scaled(x), torch.stack(maps).mean(dim=0), atol=1e-5)
+        assert not torch.allclose(scaled(x), (maps[0] + maps[1]) / 2, atol=1e-3)  # the enlargement counts
+
+
+def test_evaluation_changes_test_time_augmentation_and_nothing_else(tmp_path, capsys):
+    from conftest import png_bytes, saved_checkpoint
+
+    meta = {"classes": ["a", "b"], "image_size": [64, 64]}
+    cfg = TASK.default_config().replace(model="fpn_resnet18", width=0.25)
+    folder = saved_checkpoint(TASK, cfg, meta, str(tmp_path / "seg"))
+    assert load_model(folder).model.scales == (1.0,) and not load_model(folder).model.flip
+    changed = load_model(folder, options={"tta": "flip", "tta_scales": "1,1.25"}).model
+    assert changed.scales == (1.0, 1.25) and changed.flip
+    with pytest.raises(RaycvError, match="background_weight cannot change after training a segment model"):
+        load_model(folder, options={"background_weight": 0.5})
+    with pytest.raises(RaycvError, match="invalid tta_scales='0,1'"):
+        load_model(folder, options={"tta_scales": "0,1"})
+    image = tmp_path / "scene.png"
+    image.write_bytes(png_bytes(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)))
+    assert main(["segment", "predict", "--checkpoint", folder, "--tta-scales", "1,1.25", str(image)]) == 0
+    assert "scene.png:" in capsys.readouterr().out
+    assert main(["segment", "predict", "--checkpoint", folder, "--tta-scales", "big", str(image)]) == 2
+    assert "invalid tta_scales='big'" in capsys.readouterr().err
+    from raycv.config import ServeOptions
+    from raycv.serve import build_app
+
+    with pytest.raises(RaycvError, match="invalid tta_scales='9'"):  # refused before any replica starts
+        build_app(ServeOptions(checkpoint=folder, task="segment", inference_options={"tta_scales": "9"}))
+
+
 @pytest.mark.parametrize("model", ["unet_resnet18", "fpn_resnet18"])
 def test_training_steps_lower_the_loss(model):
     torch.manual_seed(0)

@@ -34,11 +34,35 @@ class FlipAveraged(Normalized):
         return (logits + self.mirrored(x, *args)) / 2
 
 
-class FlipAveragedMaps(FlipAveraged):
-    """FlipAveraged for per-pixel logits (segmentation): the mirror's logit map is flipped back before the mean."""
+class AveragedMaps(Normalized):
+    """Per-pixel logits (segmentation) with test-time augmentation: in eval mode, the mean of the logit maps of
+    the image resized by each of `scales` (to multiples of `multiple`, the network's stride; each map resized
+    back) and, with `flip`, of their mirrors (flipped back); in training mode the plain network. Its
+    state_dict is Normalized's, so weights move freely between the two, and a trained model's augmentation
+    can change at evaluation. Enlarged inputs help where objects are small for the training resolution."""
 
-    def mirrored(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
-        return super().mirrored(x, *args).flip(-1)
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], flip: bool,
+                 scales: tuple[float, ...] = (1.0,), multiple: int = 32):
+        super().__init__(net, mean, std)
+        self.flip, self.scales, self.multiple = flip, tuple(scales), multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        size = tuple(x.shape[-2:])
+        maps = []
+        for scale in self.scales:
+            scaled_size = tuple(max(self.multiple, round(side * scale / self.multiple) * self.multiple)
+                                for side in size)
+            scaled = x if scaled_size == size else nn.functional.interpolate(x, scaled_size, mode="bilinear",
+                                                                           align_corners=False)
+            views = [super().forward(scaled)]
+            if self.flip:
+                views.append(super().forward(scaled.flip(-1)).flip(-1))
+            maps += [view if scaled_size == size else nn.functional.interpolate(view, size, mode="bilinear",
+                                                                               align_corners=False)
+                     for view in views]
+        return torch.stack(maps).mean(dim=0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -37,6 +37,9 @@ class TaskCard:
     option_checks: dict[str, tuple[Callable[[Any], bool], str]] = field(default_factory=dict)
     # Whether --model also takes torchvision's classification architectures by name (raycv/models/zoo.py).
     zoo_models: bool = False
+    # Train options that eval, predict and serve may change on a trained checkpoint (test-time augmentation):
+    # `--NAME` on those verbs too.
+    inference_options: tuple[str, ...] = ()
 
     def check_model(self, model: str) -> None:
         if model in self.model_names:
@@ -66,6 +69,17 @@ class TaskCard:
 # Flip test-time augmentation, the same option for classify and segment (raycv.models.common.FlipAveraged).
 TTA_OPTION = ("off", "'flip': eval, predict and serve average the logits of each image and its mirror")
 TTA_CHECK = (lambda value: value in ("off", "flip"), "off or flip")
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """--tta-scales: comma-separated input scales, e.g. "1,1.25"; a RaycvError names a bad one."""
+    try:
+        scales = tuple(float(part) for part in str(text).split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(0.25 <= scale <= 4 for scale in scales):
+        raise RaycvError(f"invalid tta_scales={text!r}: expected comma-separated scales from 0.25 to 4, e.g. 1,1.25")
+    return scales
 
 # detect and segment read the same scenes: raycv's own, and users' COCO and YOLO sets of any image size.
 SCENE_OPTIONS = {
@@ -125,7 +139,7 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
             "class_weighting": (lambda value: value in ("off", "balanced"), "off or balanced"),
             "tta": TTA_CHECK,
         },
-        zoo_models=True),
+        zoo_models=True, inference_options=("tta",)),
     TaskCard(
         "detect", "object detection: boxes and classes (anchor-free detector)",
         # Sized for 2 CPU cores: 8,000 scenes x 6 epochs on 2 workers take about 10 minutes (the first
@@ -153,9 +167,13 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
                        # The book's class weights: background pixels outnumber object pixels several times
                        # over, and an unweighted loss settles for shrunken masks.
                        "background_weight": (0.3, "the background class's weight in the cross-entropy (the book's "
-                                                  "0.3; objects weigh 1): lower widens masks, higher narrows them")},
+                                                  "0.3; objects weigh 1): lower widens masks, higher narrows them"),
+                       "tta_scales": ("1", "eval, predict and serve average the logit maps of each image resized by "
+                                           "these scales, e.g. 1,1.25 (with --tta flip, and their mirrors)")},
         option_checks={**SCENE_OPTION_CHECKS, "tta": TTA_CHECK,
-                       "background_weight": (lambda value: 0 < value <= 1, "a weight in (0, 1], e.g. 0.3")},
+                       "background_weight": (lambda value: 0 < value <= 1, "a weight in (0, 1], e.g. 0.3"),
+                       "tta_scales": (lambda value: bool(parse_scales(value)), "comma-separated scales, e.g. 1,1.25")},
+        inference_options=("tta", "tta_scales"),
         synth_sizes={"train": 6000, "val": 500}),
     TaskCard(
         "superres", "x2/x4 super-resolution (PSNR/SSIM against bicubic)",

@@ -38,11 +38,11 @@ from raycv.data.images import decode_image, encode_png, to_model_input
 from raycv.data.annotated import unletterbox_mask
 from raycv.data.scenes import CROWD, SceneData, category_ids, output_kind
 from raycv.errors import RaycvError
-from raycv.models.common import FlipAveragedMaps, Normalized
+from raycv.models.common import AveragedMaps
 from raycv.models.unet import INPUT_MULTIPLE, PyramidSegmenter, UNet
 from raycv.models.zoo import BACKBONE_STAGES, ZOO_PREFIX, ZooBackbone
 from raycv.tasks.base import PredictionWriter, Task, with_task_options
-from raycv.tasks.cards import CARDS
+from raycv.tasks.cards import CARDS, parse_scales
 
 # The book's UNet and the pyramid segmenter on a ResNet-18 scaled by --width, then the UNet on torchvision's
 # backbones (--width does not apply; --pretrained takes their classification weights). Name -> torchvision backbone.
@@ -302,15 +302,17 @@ class SegmentTask(SceneData, Task):
             raise RaycvError(f"image_size {height}x{width} cannot be segmented: both sides must be "
                              f"multiples of {INPUT_MULTIPLE} (synthesize with --param image_size=128, 160, ...)")
         outputs = len(meta["classes"]) + 1
-        # --tta flip: eval, predict, serve and exports average each photo's logit map with its mirror's.
-        wrapper = FlipAveragedMaps if with_task_options(self, cfg).extra["tta"] == "flip" else Normalized
+        # --tta flip and --tta-scales: eval, predict, serve and exports average each photo's logit maps over
+        # its mirror and its enlargements (a trained checkpoint takes new values at evaluation).
+        options = with_task_options(self, cfg).extra
         if cfg.model == "fpn_resnet18":
             network = PyramidSegmenter(outputs, width=cfg.width)
         else:
             encoder = ZooBackbone(MODELS[cfg.model]) if MODELS[cfg.model] else None
             network = UNet(outputs, cfg.width, encoder=encoder)
         background_prior(network.output_layer)
-        return wrapper(network, MEAN, STD)
+        return AveragedMaps(network, MEAN, STD, flip=options["tta"] == "flip",
+                            scales=parse_scales(options["tta_scales"]), multiple=INPUT_MULTIPLE)
 
     def head(self, model: nn.Module, meta: dict[str, Any]) -> str | None:
         """The pyramid segmenter's own layers, which --pretrained leaves fresh when it loads a detector."""

@@ -53,6 +53,14 @@ def run_score(args: argparse.Namespace) -> int:
         raise RaycvError(f"invalid --count {args.count}: expected a number of samples >= 1")
     loaded = load_model(args.checkpoint, "dcgan")
     classifier = load_model(args.classifier, "classify")
+    if classifier.config.label_smoothing > 0:  # its probabilities stop near 1 - smoothing: p >= 0.9 reads noise
+        raise RaycvError(f"classifier {args.classifier} was trained with --label-smoothing "
+                         f"{classifier.config.label_smoothing}, which keeps its probabilities near "
+                         f"{1 - classifier.config.label_smoothing:.2f}: train it with --label-smoothing 0")
+    drawn, learned = (model.dataset_meta.get("background", "textured") for model in (loaded, classifier))
+    if drawn != learned:
+        raise RaycvError(f"the generator learned shapes on {drawn} backgrounds and the classifier {args.classifier} "
+                         f"on {learned} ones: synthesize both with the same --param background")
     census = dcgan.recognisability(loaded.model, classifier, predict, args.count, args.seed)
     print(table([{"class": name, "share": round(share, 4)} for name, share in census["shares"].items()],
                 f"{census['samples']} samples: {census['confident']:.1%} classified with p >= {dcgan.CONFIDENT}; "
