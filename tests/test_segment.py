@@ -115,6 +115,8 @@ def test_evaluation_changes_test_time_augmentation_and_nothing_else(tmp_path, ca
     assert "scene.png:" in capsys.readouterr().out
     assert main(["segment", "predict", "--checkpoint", folder, "--tta-scales", "big", str(image)]) == 2
     assert "invalid tta_scales='big'" in capsys.readouterr().err
+    assert main(["segment", "predict", "--url", "http://127.0.0.1:9", "--tta", "flip", str(image)]) == 2
+    assert "a Serve app at --url answers as it was started" in capsys.readouterr().err
     from raycv.config import ServeOptions
     from raycv.serve import build_app
 
