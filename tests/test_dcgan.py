@@ -140,10 +140,32 @@ def test_class_census_counts_confident_samples_and_the_distance_from_even_shares
     assert collapsed["shares"] == {"circle": 0, "square": 0, "star": 1.0, "ring": 0}
 
 
+def test_samples_a_classifier_calls_no_shape_count_for_no_shape():
+    census = class_census(["circle", "none", "square", "none"], [0.95, 0.99, 0.95, 0.99], ["circle", "square", "none"])
+    assert census["confident"] == 0.5 and census["min_share"] == 0.25 and census["shares"]["none"] == 0.5
+    assert census["distance_from_uniform"] == pytest.approx(0.5)  # half the mass is on no shape at all
+
+
+def test_classify_sets_with_a_no_shape_class_draw_blobs_at_the_asked_share():
+    from raycv.errors import RaycvError
+
+    classify = get_task("classify")
+    params = {**classify.synth_defaults, "image_size": 64, "background": "plain", "no_shape_share": 0.25}
+    assert classify.dataset_meta(params)["classes"] == [*procedural.SHAPE_CLASSES, "none"]
+    rng = np.random.default_rng(0)
+    labels = [classify.synthesize_sample(rng, params)["label"] for _ in range(400)]
+    assert 0.18 < np.mean(np.array(labels) == procedural.NO_SHAPE_LABEL) < 0.32
+    assert set(labels) == set(range(len(procedural.SHAPE_CLASSES) + 1))
+    blobs = procedural.render_shape_image(np.random.default_rng(1), procedural.NO_SHAPE_LABEL, 64, "plain")
+    assert (np.abs(blobs.astype(int) - blobs[0, 0].astype(int)).max(axis=-1) > 20).mean() > 0.01  # blobs drawn
+    with pytest.raises(RaycvError, match="invalid no_shape_share=1.0"):
+        classify.dataset_meta({**params, "no_shape_share": 1.0})
+
+
 def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, capsys):
     result, _ = dcgan_run
     classify = get_task("classify")
-    meta = classify.dataset_meta({"image_size": 64, "background": "textured"})
+    meta = classify.dataset_meta({**classify.synth_defaults, "image_size": 64})
     classifier = saved_checkpoint(classify, classify.default_config().replace(width=0.25, label_smoothing=0.0),
                                   meta, str(tmp_path / "shapes"))
     out = tmp_path / "score.json"
@@ -160,8 +182,9 @@ def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, c
                                 str(tmp_path / "smoothed"))
     assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", smoothed]) == 2
     assert "--label-smoothing 0.1" in capsys.readouterr().err
+    plain_meta = classify.dataset_meta({**classify.synth_defaults, "image_size": 64, "background": "plain"})
     plain = saved_checkpoint(classify, classify.default_config().replace(width=0.25, label_smoothing=0.0),
-                             classify.dataset_meta({"image_size": 64, "background": "plain"}), str(tmp_path / "plain"))
+                             plain_meta, str(tmp_path / "plain"))
     assert main(["dcgan", "score", "--checkpoint", result.best_checkpoint, "--classifier", plain]) == 2
     assert "textured backgrounds and the classifier" in capsys.readouterr().err
 

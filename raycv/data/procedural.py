@@ -353,6 +353,10 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 BACKGROUNDS = ("textured", "plain")
+# A class for images with no shape in them (amorphous blobs), so that a classifier can say "none of the
+# shapes" instead of naming the nearest one with confidence: what judging a generator's samples needs.
+NO_SHAPE = "none"
+NO_SHAPE_LABEL = len(SHAPE_CLASSES)
 
 
 def check_background(background: str) -> str:
@@ -362,19 +366,37 @@ def check_background(background: str) -> str:
     return background
 
 
+def shapeless_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Coverage of one to three amorphous blobs with soft edges: value noise under a Gaussian envelope,
+    thresholded (the envelope keeps each blob in one place; the noise keeps its outline irregular)."""
+    x, y = pixel_grid(size)
+    alpha = np.zeros((size, size))
+    for _ in range(rng.integers(1, 4)):
+        center, radius = rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0.12, 0.35) * size
+        envelope = np.exp(-((x - center[0]) ** 2 + (y - center[1]) ** 2) / (2 * radius ** 2))
+        field = envelope * (0.4 + 0.6 * value_noise(rng, size, int(rng.integers(3, 8))))
+        alpha = np.maximum(alpha, np.clip((field - rng.uniform(0.25, 0.5)) / rng.uniform(0.02, 0.3), 0.0, 1.0))
+    return alpha
+
+
 def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
                        background: str = "textured") -> np.ndarray:
-    """One (size, size, 3) uint8 image of class `label` (an index into SHAPE_CLASSES). Deterministic:
-    the same generator state gives byte-identical output. `background="plain"` draws the shape alone on
-    one flat colour (no texture, clutter, contrast change or noise): the set a small generator can learn."""
-    if not 0 <= label < len(SHAPE_CLASSES):
-        raise ValueError(f"label {label} is outside 0..{len(SHAPE_CLASSES) - 1}")
+    """One (size, size, 3) uint8 image of class `label` (an index into SHAPE_CLASSES, or NO_SHAPE_LABEL for
+    amorphous blobs instead of a shape). Deterministic: the same generator state gives byte-identical
+    output. `background="plain"` draws the shape alone on one flat colour (no texture, clutter, contrast
+    change or noise): the set a small generator can learn."""
+    if not 0 <= label <= NO_SHAPE_LABEL:
+        raise ValueError(f"label {label} is outside 0..{NO_SHAPE_LABEL}")
     plain = check_background(background) == "plain"
     if plain:
         color = random_color(rng)
         image, background_colors = np.broadcast_to(color, (size, size, 3)).astype(np.float32), (color, color)
     else:
         image, background_colors = random_background(rng, size)
+    if label == NO_SHAPE_LABEL:
+        image = composite(image, shapeless_alpha(rng, size),
+                          contrasting_color(rng, background_colors, MIN_FOREGROUND_CONTRAST))
+        return to_uint8(image if plain else add_gaussian_noise(rng, image, rng.uniform(0.0, 0.05)))
 
     # Distractors are drawn under the shape or, less often, across it, so the network must learn to
     # ignore thin occluders rather than just the background.

@@ -24,7 +24,7 @@ from raycv.config import TrainConfig
 from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.photo_pipeline import eval_transform, mix_batch, train_transform, transform_photos
-from raycv.data.procedural import SHAPE_CLASSES, check_background, render_shape_image
+from raycv.data.procedural import NO_SHAPE, NO_SHAPE_LABEL, SHAPE_CLASSES, check_background, render_shape_image
 from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
 from raycv.models.common import FlipAveraged, Normalized
@@ -45,15 +45,20 @@ class ClassifyTask(Task):
     card = CARDS["classify"]
     metric = "accuracy"
     metric_mode = "max"
-    synth_defaults = {"image_size": 32, "background": "textured"}
+    synth_defaults = {"image_size": 32, "background": "textured", "no_shape_share": 0.0}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
-        size = int(params["image_size"])
-        return {"classes": list(SHAPE_CLASSES), "image_size": [size, size],
-                "background": check_background(params["background"])}
+        size, no_shape_share = int(params["image_size"]), float(params["no_shape_share"])
+        if not 0 <= no_shape_share < 1:
+            raise RaycvError(f"invalid no_shape_share={params['no_shape_share']!r}: expected a share in [0, 1), "
+                             "e.g. 0.1 (that many images hold blobs and no shape, class 'none')")
+        classes = list(SHAPE_CLASSES) + ([NO_SHAPE] if no_shape_share else [])
+        return {"classes": classes, "image_size": [size, size], "background": check_background(params["background"])}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
-        label = int(rng.integers(len(SHAPE_CLASSES)))
+        share = float(params["no_shape_share"])
+        # No extra draw without the option, so the default sets stay byte-identical.
+        label = NO_SHAPE_LABEL if share and rng.random() < share else int(rng.integers(len(SHAPE_CLASSES)))
         image = render_shape_image(rng, label, int(params["image_size"]), params["background"])
         return {"image": encode_png(image), "label": label}
 

@@ -80,17 +80,22 @@ CONFIDENT = 0.9  # a sample counts as a recognisable shape when the classifier g
 
 def class_census(top_classes: list[str], top_probabilities: list[float], classes: list[str]) -> dict[str, Any]:
     """How recognisable and how varied samples are, from a shape classifier's top class and probability for
-    each: `confident` (the share with probability >= CONFIDENT), `shares` (each class's share of the
-    samples), `min_share` and `distance_from_uniform` (total variation from equal shares: 0 when every class
-    has 1/K of the samples, near 1 when the generator draws one class only: mode collapse)."""
+    each: `confident` (the share given a shape class with probability >= CONFIDENT), `shares` (each class's
+    share of the samples), `min_share` (the smallest shape class's) and `distance_from_uniform` (total
+    variation from equal shares of the shapes: 0 when every shape has 1/K of the samples, near 1 when the
+    generator draws one class only: mode collapse). A classifier with the `none` class (classify synth
+    --param no_shape_share=...) can call a sample no shape at all; such samples count for no shape."""
+    shapes = [name for name in classes if name != procedural.NO_SHAPE]
     counts = {name: 0 for name in classes}
     for name in top_classes:
         counts[name] += 1
     shares = {name: count / len(top_classes) for name, count in counts.items()}
+    expected = {name: 1 / len(shapes) if name in shapes else 0.0 for name in classes}
     return {"samples": len(top_classes),
-            "confident": float(np.mean([p >= CONFIDENT for p in top_probabilities])),
-            "min_share": min(shares.values()),
-            "distance_from_uniform": 0.5 * sum(abs(share - 1 / len(classes)) for share in shares.values()),
+            "confident": float(np.mean([name in shapes and p >= CONFIDENT
+                                        for name, p in zip(top_classes, top_probabilities, strict=True)])),
+            "min_share": min(shares[name] for name in shapes),
+            "distance_from_uniform": 0.5 * sum(abs(shares[name] - expected[name]) for name in classes),
             "shares": shares}
 
 
