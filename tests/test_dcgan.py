@@ -158,8 +158,9 @@ def test_classify_sets_with_a_no_shape_class_draw_blobs_at_the_asked_share():
     assert set(labels) == set(range(len(procedural.SHAPE_CLASSES) + 1))
     blobs = procedural.render_shape_image(np.random.default_rng(1), procedural.NO_SHAPE_LABEL, 64, "plain")
     assert (np.abs(blobs.astype(int) - blobs[0, 0].astype(int)).max(axis=-1) > 20).mean() > 0.01  # blobs drawn
-    with pytest.raises(RaycvError, match="invalid no_shape_share=1.0"):
-        classify.dataset_meta({**params, "no_shape_share": 1.0})
+    for bad in (1.0, "some"):
+        with pytest.raises(RaycvError, match=f"invalid no_shape_share={bad!r}"):
+            classify.dataset_meta({**params, "no_shape_share": bad})
 
 
 def test_score_classifies_samples_with_a_shape_classifier(dcgan_run, tmp_path, capsys):

@@ -48,7 +48,11 @@ class ClassifyTask(Task):
     synth_defaults = {"image_size": 32, "background": "textured", "no_shape_share": 0.0}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
-        size, no_shape_share = int(params["image_size"]), float(params["no_shape_share"])
+        size = int(params["image_size"])
+        try:
+            no_shape_share = float(params["no_shape_share"])
+        except ValueError:
+            no_shape_share = -1.0  # refused below, with the value named
         if not 0 <= no_shape_share < 1:
             raise RaycvError(f"invalid no_shape_share={params['no_shape_share']!r}: expected a share in [0, 1), "
                              "e.g. 0.1 (that many images hold blobs and no shape, class 'none')")
