@@ -140,6 +140,22 @@ def test_class_census_counts_confident_samples_and_the_distance_from_even_shares
     assert collapsed["shares"] == {"circle": 0, "square": 0, "star": 1.0, "ring": 0}
 
 
+def test_centred_shapes_sit_in_the_middle_at_one_size():
+    from raycv.errors import RaycvError
+
+    rng = np.random.default_rng(0)
+    for label in range(len(procedural.SHAPE_CLASSES)):
+        image = procedural.render_shape_image(rng, label, 64, "plain", "centred").astype(int)
+        drawn = np.abs(image - image[0, 0]).max(axis=-1) > 20
+        rows, columns = np.nonzero(drawn)
+        # Every class's outline fits the circle of radius CENTRED_RADIUS x 64 = 22.4 px around the middle, and
+        # reaches out near it (one size: the random layout's radii run from 12.8 to 27.2 px).
+        reach = np.hypot(rows + 0.5 - 32, columns + 0.5 - 32).max()
+        assert 17 <= reach <= 23.5, (procedural.SHAPE_CLASSES[label], reach)
+    with pytest.raises(RaycvError, match="invalid layout='left': expected anywhere or centred"):
+        procedural.render_shape_image(rng, 0, 64, "plain", "left")
+
+
 def test_samples_a_classifier_calls_no_shape_count_for_no_shape():
     census = class_census(["circle", "none", "square", "none"], [0.95, 0.99, 0.95, 0.99], ["circle", "square", "none"])
     assert census["confident"] == 0.5 and census["min_share"] == 0.25 and census["shares"]["none"] == 0.5

@@ -353,6 +353,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 BACKGROUNDS = ("textured", "plain")
+LAYOUTS = ("anywhere", "centred")
+CENTRED_RADIUS = 0.35  # of the side: the middle of the random layout's 0.2-0.425
 # A class for images with no shape in them (amorphous blobs), so that a classifier can say "none of the
 # shapes" instead of naming the nearest one with confidence: what judging a generator's samples needs.
 NO_SHAPE = "none"
@@ -364,6 +366,13 @@ def check_background(background: str) -> str:
     if background not in BACKGROUNDS:
         raise RaycvError(f"invalid background={background!r}: expected {' or '.join(BACKGROUNDS)}")
     return background
+
+
+def check_layout(layout: str) -> str:
+    """--param layout=, as a one-line error naming the bad value."""
+    if layout not in LAYOUTS:
+        raise RaycvError(f"invalid layout={layout!r}: expected {' or '.join(LAYOUTS)}")
+    return layout
 
 
 def shapeless_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -380,11 +389,12 @@ def shapeless_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
-                       background: str = "textured") -> np.ndarray:
+                       background: str = "textured", layout: str = "anywhere") -> np.ndarray:
     """One (size, size, 3) uint8 image of class `label` (an index into SHAPE_CLASSES, or NO_SHAPE_LABEL for
     amorphous blobs instead of a shape). Deterministic: the same generator state gives byte-identical
     output. `background="plain"` draws the shape alone on one flat colour (no texture, clutter, contrast
-    change or noise): the set a small generator can learn."""
+    change or noise): the set a small generator can learn. `layout="centred"` puts every shape in the middle
+    at one size (rotation and colours still vary): aligned data, as generators are usually shown."""
     if not 0 <= label <= NO_SHAPE_LABEL:
         raise ValueError(f"label {label} is outside 0..{NO_SHAPE_LABEL}")
     plain = check_background(background) == "plain"
@@ -410,9 +420,13 @@ def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
 
     # Scale is the diameter of the shape's bounding circle as a fraction of the image; the centre may let
     # up to a tenth of that radius fall outside the frame.
-    radius = rng.uniform(0.2, 0.425) * size
-    center = rng.uniform(0.9 * radius, size - 0.9 * radius, 2)
-    polygons = shape_polygons(label, center, radius, rng.uniform(0.0, 2.0 * np.pi), rng.uniform(0.9, 1.1))
+    if check_layout(layout) == "centred":
+        polygons = shape_polygons(label, np.array([size / 2, size / 2]), CENTRED_RADIUS * size,
+                                  rng.uniform(0.0, 2.0 * np.pi), 1.0)
+    else:
+        radius = rng.uniform(0.2, 0.425) * size
+        center = rng.uniform(0.9 * radius, size - 0.9 * radius, 2)
+        polygons = shape_polygons(label, center, radius, rng.uniform(0.0, 2.0 * np.pi), rng.uniform(0.9, 1.1))
     foreground = contrasting_color(rng, background_colors, MIN_FOREGROUND_CONTRAST)
     # Gentle shading across the shape so it is not a flat colour a linear model could key on.
     shading = colorize(linear_gradient(rng, size), foreground, nearby_color(rng, foreground, 0.15))

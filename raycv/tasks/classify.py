@@ -24,7 +24,8 @@ from raycv.config import TrainConfig
 from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.photo_pipeline import eval_transform, mix_batch, train_transform, transform_photos
-from raycv.data.procedural import NO_SHAPE, NO_SHAPE_LABEL, SHAPE_CLASSES, check_background, render_shape_image
+from raycv.data.procedural import (NO_SHAPE, NO_SHAPE_LABEL, SHAPE_CLASSES, check_background, check_layout,
+                                   render_shape_image)
 from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
 from raycv.models.common import FlipAveraged, Normalized
@@ -45,7 +46,7 @@ class ClassifyTask(Task):
     card = CARDS["classify"]
     metric = "accuracy"
     metric_mode = "max"
-    synth_defaults = {"image_size": 32, "background": "textured", "no_shape_share": 0.0}
+    synth_defaults = {"image_size": 32, "background": "textured", "layout": "anywhere", "no_shape_share": 0.0}
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         size = int(params["image_size"])
@@ -57,13 +58,14 @@ class ClassifyTask(Task):
             raise RaycvError(f"invalid no_shape_share={params['no_shape_share']!r}: expected a share in [0, 1), "
                              "e.g. 0.1 (that many images hold blobs and no shape, class 'none')")
         classes = list(SHAPE_CLASSES) + ([NO_SHAPE] if no_shape_share else [])
-        return {"classes": classes, "image_size": [size, size], "background": check_background(params["background"])}
+        return {"classes": classes, "image_size": [size, size], "background": check_background(params["background"]),
+                "layout": check_layout(params["layout"])}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         share = float(params["no_shape_share"])
         # No extra draw without the option, so the default sets stay byte-identical.
         label = NO_SHAPE_LABEL if share and rng.random() < share else int(rng.integers(len(SHAPE_CLASSES)))
-        image = render_shape_image(rng, label, int(params["image_size"]), params["background"])
+        image = render_shape_image(rng, label, int(params["image_size"]), params["background"], params["layout"])
         return {"image": encode_png(image), "label": label}
 
     def check_data(self, path: str, cfg: TrainConfig) -> None:

@@ -123,20 +123,21 @@ class DCGANTask(Task):
     card = CARDS["dcgan"]
     metric = "swd"
     metric_mode = "min"
-    synth_defaults = {"images_dir": "", "background": "textured"}
+    synth_defaults = {"images_dir": "", "background": "textured", "layout": "anywhere"}
     ddp_options = {"find_unused_parameters": True}  # the player sitting a step out has no gradient
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         check_images_dir(params["images_dir"])
         return {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "source": params["images_dir"] or "procedural shapes",
-                "background": procedural.check_background(params["background"])}
+                "background": procedural.check_background(params["background"]),
+                "layout": procedural.check_layout(params["layout"])}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         if params["images_dir"]:
             image = photo_crop(rng, params["images_dir"], IMAGE_SIZE)
         else:
             image = procedural.render_shape_image(rng, int(rng.integers(len(procedural.SHAPE_CLASSES))), IMAGE_SIZE,
-                                                  params["background"])
+                                                  params["background"], params["layout"])
         return {"image": encode_png(image)}
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
