@@ -262,9 +262,10 @@ def build_app(options: ServeOptions) -> serve.Application:
     if task_name is None:  # only then read the checkpoint here: building an app touches no storage
         with local_copy(options.checkpoint) as folder:
             task_name = read_meta(folder)["task"]
-    check_inference_options(get_task(task_name), options.inference_options)  # here, not in every replica
+    task = get_task(task_name)
+    check_inference_options(task, options.inference_options)  # here, not in every replica
     route_state = None
-    if get_task(task_name).state_routes:
+    if task.state_routes:
         # One replica on purpose: the state must be the same for every model replica.
         route_state = RouteState.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
             options.checkpoint, state_folder(options))

@@ -361,18 +361,11 @@ NO_SHAPE = "none"
 NO_SHAPE_LABEL = len(SHAPE_CLASSES)
 
 
-def check_background(background: str) -> str:
-    """--param background=, as a one-line error naming the bad value."""
-    if background not in BACKGROUNDS:
-        raise RaycvError(f"invalid background={background!r}: expected {' or '.join(BACKGROUNDS)}")
-    return background
-
-
-def check_layout(layout: str) -> str:
-    """--param layout=, as a one-line error naming the bad value."""
-    if layout not in LAYOUTS:
-        raise RaycvError(f"invalid layout={layout!r}: expected {' or '.join(LAYOUTS)}")
-    return layout
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """--param NAME=VALUE (background, layout) checked against its choices, as a one-line error naming the value."""
+    if value not in choices:
+        raise RaycvError(f"invalid {name}={value!r}: expected {' or '.join(choices)}")
+    return value
 
 
 def shapeless_alpha(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -397,7 +390,7 @@ def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
     at one size (rotation and colours still vary): aligned data, as generators are usually shown."""
     if not 0 <= label <= NO_SHAPE_LABEL:
         raise ValueError(f"label {label} is outside 0..{NO_SHAPE_LABEL}")
-    plain = check_background(background) == "plain"
+    plain = check_choice("background", background, BACKGROUNDS) == "plain"
     if plain:
         color = random_color(rng)
         image, background_colors = np.broadcast_to(color, (size, size, 3)).astype(np.float32), (color, color)
@@ -420,7 +413,7 @@ def render_shape_image(rng: np.random.Generator, label: int, size: int = 32,
 
     # Scale is the diameter of the shape's bounding circle as a fraction of the image; the centre may let
     # up to a tenth of that radius fall outside the frame.
-    if check_layout(layout) == "centred":
+    if check_choice("layout", layout, LAYOUTS) == "centred":
         polygons = shape_polygons(label, np.array([size / 2, size / 2]), CENTRED_RADIUS * size,
                                   rng.uniform(0.0, 2.0 * np.pi), 1.0)
     else:

@@ -24,7 +24,7 @@ from raycv.config import TrainConfig
 from raycv.data import augment, formats, photo_folders
 from raycv.data.images import CIFAR_MEAN, CIFAR_STD, decode_image, encode_png, resize_all, to_model_input
 from raycv.data.photo_pipeline import eval_transform, mix_batch, train_transform, transform_photos
-from raycv.data.procedural import (NO_SHAPE, NO_SHAPE_LABEL, SHAPE_CLASSES, check_background, check_layout,
+from raycv.data.procedural import (BACKGROUNDS, LAYOUTS, NO_SHAPE, NO_SHAPE_LABEL, SHAPE_CLASSES, check_choice,
                                    render_shape_image)
 from raycv.errors import RaycvError
 from raycv.models.cifar import VGG, CifarResNet
@@ -58,8 +58,9 @@ class ClassifyTask(Task):
             raise RaycvError(f"invalid no_shape_share={params['no_shape_share']!r}: expected a share in [0, 1), "
                              "e.g. 0.1 (that many images hold blobs and no shape, class 'none')")
         classes = list(SHAPE_CLASSES) + ([NO_SHAPE] if no_shape_share else [])
-        return {"classes": classes, "image_size": [size, size], "background": check_background(params["background"]),
-                "layout": check_layout(params["layout"])}
+        return {"classes": classes, "image_size": [size, size],
+                "background": check_choice("background", params["background"], BACKGROUNDS),
+                "layout": check_choice("layout", params["layout"], LAYOUTS)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         share = float(params["no_shape_share"])

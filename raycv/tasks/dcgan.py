@@ -129,8 +129,8 @@ class DCGANTask(Task):
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         check_images_dir(params["images_dir"])
         return {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "source": params["images_dir"] or "procedural shapes",
-                "background": procedural.check_background(params["background"]),
-                "layout": procedural.check_layout(params["layout"])}
+                "background": procedural.check_choice("background", params["background"], procedural.BACKGROUNDS),
+                "layout": procedural.check_choice("layout", params["layout"], procedural.LAYOUTS)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         if params["images_dir"]:
