@@ -226,6 +226,11 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         TrainConfig(model="dcgan", width=0.25, epochs=40, batch_size=64, lr=2e-4, optimizer="adamw",
                     momentum=0.5, weight_decay=0.0, schedule="constant", amp="off", cpus_per_worker=2),
         ("dcgan",),
+        train_options={
+            "conditional": ("off", "'classes': a class-conditional generator, which draws the shape it is given, and a "
+                                   "projection discriminator (procedural shapes only; sample n draws class n mod K)"),
+        },
+        option_checks={"conditional": (lambda value: value in ("off", "classes"), "off or classes")},
         synth_sizes={"train": 6000, "val": 500}),
     TaskCard(
         "search", "identity search: CosFace embeddings and a gallery index",

@@ -10,6 +10,10 @@ real images at 64 and 32 pixels (Karras et al. 2018, who use it on multi-scale p
 network needed, unlike FID), beside swd_real, the same distance between two halves of the real
 images: the floor a perfect generator would reach. Lower is better.
 
+Class-conditional (`--conditional classes`, procedural shapes only): the generator draws the class it is
+given and the discriminator judges the pair (raycv.models.dcgan); sample n draws class n mod K, so
+any 10 consecutive samples hold one of each of the 10 shapes.
+
 Extras: `sample_grid`, which `raycv dcgan samples --checkpoint ... --out grid.png` writes
 (raycv/verbs/dcgan.py). Serving: the request image only seeds the noise (its pixels' CRC), so the
 same image always gets the same sample.
@@ -34,8 +38,9 @@ from raycv.data.augment import random_dihedral
 from raycv.data.figures import grid
 from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
 from raycv.data.natural import check_images_dir, photo_crop
+from raycv.errors import RaycvError
 from raycv.models.dcgan import DCGAN, NOISE_DIM
-from raycv.tasks.base import Predict, Task
+from raycv.tasks.base import Predict, Task, with_task_options
 from raycv.tasks.cards import CARDS
 
 IMAGE_SIZE = 64
@@ -64,15 +69,25 @@ def sliced_wasserstein(first: torch.Tensor, second: torch.Tensor, seed: int = 0)
     return 1000 * float(np.mean(distances))
 
 
-def noise_for(seeds: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.stack([torch.randn(NOISE_DIM, 1, 1, generator=torch.Generator().manual_seed(seed))
-                        for seed in seeds]).to(device)
+def latent_for(seeds: list[int], classes: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The generator's input for each seed: its noise, and for a generator of `classes` classes the class
+    seed mod classes."""
+    noise = torch.stack([torch.randn(NOISE_DIM, 1, 1, generator=torch.Generator().manual_seed(seed))
+                         for seed in seeds])
+    if classes:
+        labels = torch.tensor([seed % classes for seed in seeds], dtype=noise.dtype)
+        noise = torch.cat([noise, labels[:, None, None, None]], dim=1)
+    return noise.to(device)
+
+
+def generate(model: nn.Module, seeds: list[int]) -> torch.Tensor:
+    """Samples in [0, 1] for the noise seeds, on the model's device."""
+    with torch.inference_mode():
+        return model.eval()(latent_for(seeds, the_gan(model).classes, next(model.parameters()).device))
 
 
 def sample_grid(model: nn.Module, count: int = 64, seed: int = 0, columns: int = 8) -> np.ndarray:
-    with torch.inference_mode():
-        images = model.eval()(noise_for(list(range(seed, seed + count)), next(model.parameters()).device))
-    return grid(to_uint8_images(images), columns)
+    return grid(to_uint8_images(generate(model, list(range(seed, seed + count)))), columns)
 
 
 CONFIDENT = 0.9  # a sample counts as a recognisable shape when the classifier gives its class this much
@@ -103,16 +118,19 @@ def recognisability(model: nn.Module, classifier: LoadedModel, predict: Predict,
                     seed: int = 0, batch: int = 100) -> dict[str, Any]:
     """class_census of `count` samples (noise seeds seed, seed + 1, ...) by a raycv classify checkpoint
     trained on the images the generator learned from (`raycv classify synth --param image_size=64`)."""
-    device = next(model.parameters()).device
     top_classes, top_probabilities = [], []
     for start in range(seed, seed + count, batch):
-        with torch.inference_mode():
-            images = to_uint8_images(model.eval()(noise_for(list(range(start, min(start + batch, seed + count))),
-                                                            device)))
+        images = to_uint8_images(generate(model, list(range(start, min(start + batch, seed + count)))))
         for (top,) in predict(classifier, list(images), top_k=1):
             top_classes.append(top["class"])
             top_probabilities.append(top["probability"])
-    return class_census(top_classes, top_probabilities, classifier.dataset_meta["classes"])
+    census = class_census(top_classes, top_probabilities, classifier.dataset_meta["classes"])
+    classes = the_gan(model).classes
+    if classes:  # the share of samples the classifier confidently names as the class the generator was given
+        asked = [procedural.SHAPE_CLASSES[seed % classes] for seed in range(seed, seed + count)]
+        census["as_asked"] = float(np.mean([name == wanted and p >= CONFIDENT for name, p, wanted
+                                            in zip(top_classes, top_probabilities, asked, strict=True)]))
+    return census
 
 
 def the_gan(model: nn.Module) -> DCGAN:
@@ -128,29 +146,42 @@ class DCGANTask(Task):
 
     def dataset_meta(self, params: dict[str, Any]) -> dict[str, Any]:
         check_images_dir(params["images_dir"])
-        return {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "source": params["images_dir"] or "procedural shapes",
+        meta = {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "source": params["images_dir"] or "procedural shapes",
                 "background": procedural.check_choice("background", params["background"], procedural.BACKGROUNDS),
                 "layout": procedural.check_choice("layout", params["layout"], procedural.LAYOUTS)}
+        return meta if params["images_dir"] else {**meta, "classes": list(procedural.SHAPE_CLASSES)}
 
     def synthesize_sample(self, rng: np.random.Generator, params: dict[str, Any]) -> dict[str, Any]:
         if params["images_dir"]:
-            image = photo_crop(rng, params["images_dir"], IMAGE_SIZE)
-        else:
-            image = procedural.render_shape_image(rng, int(rng.integers(len(procedural.SHAPE_CLASSES))), IMAGE_SIZE,
-                                                  params["background"], params["layout"])
-        return {"image": encode_png(image)}
+            return {"image": encode_png(photo_crop(rng, params["images_dir"], IMAGE_SIZE)), "label": -1}
+        label = int(rng.integers(len(procedural.SHAPE_CLASSES)))
+        image = procedural.render_shape_image(rng, label, IMAGE_SIZE, params["background"], params["layout"])
+        return {"image": encode_png(image), "label": label}
 
     def decode(self, batch: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
-        return {"image": np.stack([decode_image(data) for data in batch["image"]])}
+        # Sets written before shapes kept their class have no label column: they train unconditional models.
+        labels = batch.get("label", np.full(len(batch["image"]), -1))
+        return {"image": np.stack([decode_image(data) for data in batch["image"]]),
+                "label": np.asarray(labels, dtype=np.int64)}
+
+    def training_meta(self, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+        """Records `generator_classes`: 0 for an unconditional generator, else the classes it draws."""
+        if with_task_options(self, cfg).extra["conditional"] == "off":
+            return {**meta, "generator_classes": 0}
+        if not meta.get("classes"):
+            raise RaycvError(f"--conditional classes needs procedural shapes with their classes (a set made by "
+                             f"raycv dcgan synth without images_dir); this one has none: {meta.get('source', '?')}")
+        return {**meta, "generator_classes": len(meta["classes"])}
 
     def make_network(self, cfg: TrainConfig, meta: dict[str, Any]) -> nn.Module:
-        return DCGAN(cfg.width)
+        return DCGAN(cfg.width, classes=meta.get("generator_classes", 0))
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"image": random_dihedral(to_model_input(batch["image"]))[0]}
+        # Rotations and mirrors keep every shape's class (a mirrored crescent is still a crescent).
+        return {"image": random_dihedral(to_model_input(batch["image"]))[0], "label": batch["label"]}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
-        return model(to_model_input(batch["image"]))["loss"]
+        return model(to_model_input(batch["image"]), batch["label"])["loss"]
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
@@ -158,7 +189,7 @@ class DCGANTask(Task):
         epoch), and the real-vs-real floor. Each DDP worker scores its shard; the mean is reported."""
         device = next(model.parameters()).device
         real = torch.cat([to_model_input(batch["image"]).cpu() for batch in batches])
-        fake = model(noise_for(list(range(len(real))), device)).float().cpu()
+        fake = model(latent_for(list(range(len(real))), the_gan(model).classes, device)).float().cpu()
         half = len(real) // 2
         swd, floor = torchmetrics.MeanMetric().to(device), torchmetrics.MeanMetric().to(device)
         swd.update(torch.tensor(sliced_wasserstein(real, fake), device=device))
@@ -166,7 +197,8 @@ class DCGANTask(Task):
         return {"swd": float(swd.compute()), "swd_real": float(floor.compute())}
 
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
-        return noise_for([zlib.crc32(np.ascontiguousarray(image).tobytes()) for image in images])
+        return latent_for([zlib.crc32(np.ascontiguousarray(image).tobytes()) for image in images],
+                          meta.get("generator_classes", 0))
 
     def postprocess(self, outputs: torch.Tensor, meta: dict[str, Any],
                     sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:

@@ -65,7 +65,8 @@ def run_score(args: argparse.Namespace) -> int:
     print(table([{"class": name, "share": round(share, 4)} for name, share in census["shares"].items()],
                 f"{census['samples']} samples: {census['confident']:.1%} classified with p >= {dcgan.CONFIDENT}; "
                 f"smallest class {census['min_share']:.1%}, "
-                f"distance from uniform {census['distance_from_uniform']:.3f}"))
+                f"distance from uniform {census['distance_from_uniform']:.3f}"
+                + (f"; {census['as_asked']:.1%} confidently the class asked for" if "as_asked" in census else "")))
     if args.out:
         write_output(args.out, json.dumps(census, indent=2).encode())
     return 0
