@@ -86,8 +86,10 @@ def generate(model: nn.Module, seeds: list[int]) -> torch.Tensor:
         return model.eval()(latent_for(seeds, the_gan(model).classes, next(model.parameters()).device))
 
 
-def sample_grid(model: nn.Module, count: int = 64, seed: int = 0, columns: int = 8) -> np.ndarray:
-    return grid(to_uint8_images(generate(model, list(range(seed, seed + count)))), columns)
+def sample_grid(model: nn.Module, count: int = 64, seed: int = 0) -> np.ndarray:
+    """`count` samples in rows of 8, or for a conditional generator of K classes in rows of K (seed % K is
+    the class, so each column holds one class when `seed` is a multiple of K)."""
+    return grid(to_uint8_images(generate(model, list(range(seed, seed + count)))), the_gan(model).classes or 8)
 
 
 CONFIDENT = 0.9  # a sample counts as a recognisable shape when the classifier gives its class this much
