@@ -25,7 +25,7 @@ from raycv.inference import predict
 from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
 from raycv.models.codec import SYMBOL_BOUND, FactorizedPriorCodec
 from raycv.tasks import get_task
-from raycv.tasks.compress_ae import decode_symbols, decompress, encode_symbols
+from raycv.tasks.compress_ae import against_jpeg, decode_symbols, decompress, encode_symbols
 
 TASK = get_task("compress_ae")
 SMALL = {**TASK.synth_defaults, "image_size": 32}
@@ -231,16 +231,29 @@ def test_rd_curve_puts_the_models_beside_jpeg_and_webp_curves(tmp_path, capsys):
     checkpoint = saved_checkpoint(TASK, TASK.default_config().replace(model="factorized", **TINY), meta,
                                   str(tmp_path / "codec"))
     out = tmp_path / "rd"
-    assert main(["compress_ae", "rd-curve", "--checkpoint", checkpoint, "--photos", "coins", "--out", str(out)]) == 0
+    assert main(["compress_ae", "rd-curve", "--checkpoint", checkpoint, "--photos", "coins", "--out", str(out),
+                 "--refine-steps", "2"]) == 0
     rows = json.loads((out / "photos.json").read_text())
-    assert {row["codec"] for row in rows} >= {"factorized λ=0.01", "jpeg q2", "jpeg q90", "webp q2", "webp q90"}
+    assert {row["codec"] for row in rows} >= {"factorized λ=0.01 refined 2", "jpeg q2", "jpeg q90", "webp q2",
+                                              "webp q90"}
     for codec in ("jpeg", "webp"):
         curve = [row for row in rows if row["codec"].startswith(codec + " q")]
         assert len(curve) == 11 and all(0 < row["ms_ssim"] <= 1 for row in curve)
         # Higher quality, more bits and a closer picture.
         assert [row["bpp"] for row in curve] == sorted(row["bpp"] for row in curve)
         assert curve[-1]["psnr"] > curve[0]["psnr"] + 10 and curve[-1]["ms_ssim"] > curve[0]["ms_ssim"]
-    assert Image.open(out / "rate_distortion.png").size[0] > 1000 and "webp q90" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert Image.open(out / "rate_distortion.png").size[0] > 1000 and "webp q90" in printed
+    assert "against JPEG at the same bits per pixel" in printed and "gain_db" in printed
+
+
+def test_against_jpeg_reads_jpeg_curve_at_the_models_rate():
+    rows = [{"image": "mean", "codec": "jpeg q10", "bpp": 0.2, "psnr": 30.0},
+            {"image": "mean", "codec": "jpeg q20", "bpp": 0.4, "psnr": 32.0},
+            {"image": "moon", "codec": "factorized λ=0.01", "bpp": 0.1, "psnr": 40.0},  # one photo: not a mean
+            {"image": "mean", "codec": "factorized λ=0.01", "bpp": 0.3, "psnr": 31.5}]
+    assert against_jpeg(rows) == [{"codec": "factorized λ=0.01", "bpp": 0.3, "psnr": 31.5,
+                                   "jpeg_psnr_same_bpp": 31.0, "gain_db": 0.5}]
 
 
 @pytest.fixture(scope="module")

@@ -137,8 +137,10 @@ def jpeg_at_most(image: np.ndarray, bits: float) -> tuple[np.ndarray, float, int
 
 def codec_label(loaded: LoadedModel) -> str:
     """A checkpoint's name in tables and plots: its model, and its lambda for the rate-distortion codec."""
-    config = loaded.meta["config"]
-    return f"factorized λ={config['extra']['rd_lambda']:g}" if config["model"] == "factorized" else config["model"]
+    if loaded.config.model != "factorized":
+        return loaded.config.model
+    steps = option(loaded.config, "refine_steps")
+    return f"factorized λ={option(loaded.config, 'rd_lambda'):g}" + (f" refined {steps}" if steps else "")
 
 
 def quality_row(image: str, codec: str, bpp: float, result: np.ndarray, photo: np.ndarray) -> dict[str, Any]:
@@ -202,6 +204,20 @@ def rate_distortion(models: list[LoadedModel], predict: Predict, names: tuple[st
                 decoded, size = pillow_coded(photo, codec, quality)
                 rows.append(quality_row(name, f"{codec.lower()} q{quality}", 8 * size / pixels, decoded, photo))
     return with_means(rows, lambda row: row["codec"])
+
+
+def against_jpeg(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model of rate_distortion's rows: its mean bpp and PSNR, JPEG's mean PSNR at that bpp (its curve of
+    means over PILLOW_QUALITIES, linear between neighbouring qualities) and the model's gain over it."""
+    means = [row for row in rows if row["image"] == "mean"]
+    jpeg = sorted((row["bpp"], row["psnr"]) for row in means if row["codec"].startswith("jpeg q"))
+    table = []
+    for row in means:
+        if " q" not in row["codec"]:
+            at_rate = float(np.interp(row["bpp"], *zip(*jpeg, strict=True)))
+            table.append({"codec": row["codec"], "bpp": row["bpp"], "psnr": row["psnr"],
+                          "jpeg_psnr_same_bpp": round(at_rate, 2), "gain_db": round(row["psnr"] - at_rate, 2)})
+    return table
 
 
 def rate_distortion_png(rows: list[dict[str, Any]]) -> bytes:

@@ -53,13 +53,15 @@ def add_rd_curve_arguments(parser: argparse.ArgumentParser) -> None:
 def run_rd_curve(args: argparse.Namespace) -> int:
     """mean bpp, PSNR and MS-SSIM of each checkpoint against JPEG's and WebP's curves, and their plot"""
     from raycv.inference import predict
-    from raycv.report import write_bytes
+    from raycv.report import table, write_bytes
     from raycv.tasks import compress_ae
 
     models = load_codecs(args)
     rows = compress_ae.rate_distortion(models, predict, photo_names(args.photos))
     report_photos([row for row in rows if row["image"] == "mean"],
                   "compress_ae against JPEG and WebP: means over the photographs never trained on (RGB)", args.out)
+    print(table(compress_ae.against_jpeg(rows), "each model against JPEG at the same bits per pixel (JPEG's curve of "
+                                                "means, interpolated)"))
     if args.out:
         write_bytes(os.path.join(args.out, "rate_distortion.png"), compress_ae.rate_distortion_png(rows))
         print(f"plot: {os.path.join(args.out, 'rate_distortion.png')}")
