@@ -8,16 +8,9 @@ model ("Variational image compression with a scale hyperprior", section 2 and ap
     decoder     the mirror with inverse GDN
 
 The loss (raycv.tasks.compress_ae) is rd_lambda x 255^2 x MSE + estimated bits per pixel, so one lambda
-gives one rate point.
-
-Encoder-side refinement (refine_steps > 0, evaluation only): the encoder's latent is a first guess; a
-few Adam steps on each image's own latent lower that image's rate-distortion loss before it is coded
-(Campos et al. 2019, "Content adaptive optimization for neural image compression"). The decoder, the
-prior and so the bitstream format are unchanged: any decoder of this model reads the result.
-
-Written here rather than taken from CompressAI, whose wheels pin numpy < 2 (this stack is on numpy 2);
-the pieces follow CompressAI's layer for layer (GDN, EntropyBottleneck), and the range coder is
-constriction's, as for the book's autoencoder.
+gives one rate point. Written here rather than taken from CompressAI, whose wheels pin numpy < 2 (this
+stack is on numpy 2); the pieces follow CompressAI's layer for layer (GDN, EntropyBottleneck), and the
+range coder is constriction's, as for the book's autoencoder.
 """
 
 from __future__ import annotations
@@ -32,7 +25,6 @@ STRIDE = 16  # four stride-2 layers
 # beyond are folded into the end symbols, so clamping never makes a symbol uncodable.
 SYMBOL_BOUND = 32
 LIKELIHOOD_FLOOR = 1e-9  # a symbol's estimated probability never reaches 0 (infinite bits, no gradient)
-REFINE_LR = 0.05  # Adam's step on the latent during refinement (latent values are O(1..10))
 
 
 class GDN(nn.Module):
@@ -125,42 +117,12 @@ class FactorizedPriorCodec(nn.Module):
     SYMBOL_BOUND + 1) for the range coder, "bits" (N,) estimated bits per image: the rate term}. The
     paper's N = 128, M = 192 at width 1."""
 
-    def __init__(self, width: float = 0.5, rd_lambda: float = 0.01, refine_steps: int = 0):
+    def __init__(self, width: float = 0.5):
         super().__init__()
         channels, latent_channels = max(8, int(128 * width)), max(8, int(192 * width))
         self.encoder = analysis(channels, latent_channels)
         self.synthesis = synthesis(channels, latent_channels)
         self.prior = FactorizedDensity(latent_channels)
-        self.rd_lambda, self.refine_steps = rd_lambda, refine_steps
-
-    def coded_loss(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """(N,) each image's rate-distortion loss (rd_lambda x 255^2 x MSE + bits per pixel) when `latent` is
-        coded: rounded for the decoder and the prior, with straight-through gradients to the latent."""
-        symbols = latent + (torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND) - latent).detach()
-        squared_error = (self.decoder(symbols) - images).pow(2).mean(dim=(1, 2, 3))
-        bits = -torch.log2(self.prior.likelihood(symbols)).sum(dim=(1, 2, 3))
-        return self.rd_lambda * 255 ** 2 * squared_error + bits / (images.shape[-2] * images.shape[-1])
-
-    def refined_latent(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """`latent` after refine_steps Adam steps on coded_loss, keeping per image the best latent seen (so
-        refinement never codes an image worse than the encoder did). Gradients reach the latent only."""
-        with torch.inference_mode(False), torch.enable_grad():
-            images, best = images.clone(), latent.clone()
-            best_loss = self.coded_loss(images, best).detach()
-            variable = best.clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
-            for _ in range(self.refine_steps):
-                losses = self.coded_loss(images, variable)
-                (gradient,) = torch.autograd.grad(losses.sum(), [variable])
-                with torch.no_grad():
-                    better = losses < best_loss
-                    best[better], best_loss[better] = variable[better], losses[better]
-                variable.grad = gradient
-                optimizer.step()
-            final_loss = self.coded_loss(images, variable).detach()
-            better = final_loss < best_loss
-            best[better] = variable.detach()[better]
-        return best
 
     def decoder(self, symbols: torch.Tensor) -> torch.Tensor:
         return self.synthesis(symbols)
@@ -170,8 +132,6 @@ class FactorizedPriorCodec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         latent = self.encoder(x).float()
-        if self.refine_steps and not self.training:
-            latent = self.refined_latent(x, latent)
         rounded = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
         if self.training:
             rate_latent = latent + torch.empty_like(latent).uniform_(-0.5, 0.5)

@@ -285,7 +285,7 @@ class CompressAETask(Task):
             if side % STRIDE:
                 raise RaycvError(f"image_size {side} cannot train the factorized codec: it must be a multiple of "
                                  f"{STRIDE}, its stride (synthesize with --param image_size=64, 128, ...)")
-            return FactorizedPriorCodec(cfg.width, option(cfg, "rd_lambda"), option(cfg, "refine_steps"))
+            return FactorizedPriorCodec(cfg.width)
         levels, channels = option(cfg, "levels"), option(cfg, "latent_channels")
         if levels < 3 or levels % 2 == 0 or levels > 255:
             raise RaycvError(f"invalid levels={levels}: expected an odd number in 3..255 (5 is -2..2)")
