@@ -139,8 +139,7 @@ def codec_label(loaded: LoadedModel) -> str:
     """A checkpoint's name in tables and plots: its model, and its lambda for the rate-distortion codec."""
     if loaded.config.model != "factorized":
         return loaded.config.model
-    steps = option(loaded.config, "refine_steps")
-    return f"factorized λ={option(loaded.config, 'rd_lambda'):g}" + (f" refined {steps}" if steps else "")
+    return f"factorized λ={option(loaded.config, 'rd_lambda'):g}"
 
 
 def quality_row(image: str, codec: str, bpp: float, result: np.ndarray, photo: np.ndarray) -> dict[str, Any]:
