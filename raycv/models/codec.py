@@ -8,9 +8,16 @@ model ("Variational image compression with a scale hyperprior", section 2 and ap
     decoder     the mirror with inverse GDN
 
 The loss (raycv.tasks.compress_ae) is rd_lambda x 255^2 x MSE + estimated bits per pixel, so one lambda
-gives one rate point. Written here rather than taken from CompressAI, whose wheels pin numpy < 2 (this
-stack is on numpy 2); the pieces follow CompressAI's layer for layer (GDN, EntropyBottleneck), and the
-range coder is constriction's, as for the book's autoencoder.
+gives one rate point.
+
+Encoder-side refinement (refine_steps > 0, evaluation only): the encoder's latent is a first guess;
+Adam steps on each image's own latent lower that image's rate-distortion loss before it is coded
+(Campos et al. 2019, "Content adaptive optimization for neural image compression"). The decoder, the
+prior and so the bitstream format are unchanged: any decoder of this model reads the result.
+
+Written here rather than taken from CompressAI, whose wheels pin numpy < 2 (this stack is on numpy 2);
+the pieces follow CompressAI's layer for layer (GDN, EntropyBottleneck), and the range coder is
+constriction's, as for the book's autoencoder.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ STRIDE = 16  # four stride-2 layers
 # beyond are folded into the end symbols, so clamping never makes a symbol uncodable.
 SYMBOL_BOUND = 32
 LIKELIHOOD_FLOOR = 1e-9  # a symbol's estimated probability never reaches 0 (infinite bits, no gradient)
+# Refinement: Adam on the latent against the training loss's own proxy (uniform noise for the rate, the decoder on
+# the continuous latent), the coded loss (rounded) checked every REFINE_CHECK steps. On coins at lambda 0.0025 a
+# straight-through objective (rounded latent) rose at every step size tried, and Adam at 0.05 on the proxy too;
+# the proxy at 0.01-0.02 lowered the coded loss by 1 % in 50 steps and then stopped.
+REFINE_LR, REFINE_CHECK = 0.02, 10
 
 
 class GDN(nn.Module):
@@ -117,12 +129,45 @@ class FactorizedPriorCodec(nn.Module):
     SYMBOL_BOUND + 1) for the range coder, "bits" (N,) estimated bits per image: the rate term}. The
     paper's N = 128, M = 192 at width 1."""
 
-    def __init__(self, width: float = 0.5):
+    def __init__(self, width: float = 0.5, rd_lambda: float = 0.01, refine_steps: int = 0):
         super().__init__()
         channels, latent_channels = max(8, int(128 * width)), max(8, int(192 * width))
         self.encoder = analysis(channels, latent_channels)
         self.synthesis = synthesis(channels, latent_channels)
         self.prior = FactorizedDensity(latent_channels)
+        self.rd_lambda, self.refine_steps = rd_lambda, refine_steps
+
+    def coded_loss(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """(N,) each image's rate-distortion loss (rd_lambda x 255^2 x MSE + bits per pixel) when `latent` is
+        coded: rounded for the decoder and the prior."""
+        symbols = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
+        squared_error = (self.decoder(symbols) - images).pow(2).mean(dim=(1, 2, 3))
+        bits = -torch.log2(self.prior.likelihood(symbols)).sum(dim=(1, 2, 3))
+        return self.rd_lambda * 255 ** 2 * squared_error + bits / (images.shape[-2] * images.shape[-1])
+
+    def refined_latent(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """`latent` after refine_steps Adam steps on the training loss (noise for the rate, seeded so coding
+        is deterministic), keeping per image the latent of the lowest coded loss checked (so refinement never
+        codes an image worse than the encoder did). Gradients reach the latent only."""
+        pixels = images.shape[-2] * images.shape[-1]
+        noise = torch.Generator(device=latent.device).manual_seed(0)
+        with torch.inference_mode(False), torch.enable_grad():
+            images, best = images.clone(), latent.clone()
+            variable = best.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
+            best_loss = self.coded_loss(images, best).detach()
+            for step in range(1, self.refine_steps + 1):
+                noisy = variable + torch.empty_like(variable).uniform_(-0.5, 0.5, generator=noise)
+                losses = (self.rd_lambda * 255 ** 2 * (self.decoder(variable) - images).pow(2).mean(dim=(1, 2, 3))
+                          - torch.log2(self.prior.likelihood(noisy)).sum(dim=(1, 2, 3)) / pixels)
+                (variable.grad,) = torch.autograd.grad(losses.sum(), [variable])
+                optimizer.step()
+                if step % REFINE_CHECK == 0 or step == self.refine_steps:
+                    with torch.no_grad():
+                        coded = self.coded_loss(images, variable)
+                        better = coded < best_loss
+                        best[better], best_loss[better] = variable[better], coded[better]
+        return best
 
     def decoder(self, symbols: torch.Tensor) -> torch.Tensor:
         return self.synthesis(symbols)
@@ -132,6 +177,8 @@ class FactorizedPriorCodec(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         latent = self.encoder(x).float()
+        if self.refine_steps and not self.training:
+            latent = self.refined_latent(x, latent)
         rounded = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
         if self.training:
             rate_latent = latent + torch.empty_like(latent).uniform_(-0.5, 0.5)

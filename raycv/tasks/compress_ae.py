@@ -139,7 +139,8 @@ def codec_label(loaded: LoadedModel) -> str:
     """A checkpoint's name in tables and plots: its model, and its lambda for the rate-distortion codec."""
     if loaded.config.model != "factorized":
         return loaded.config.model
-    return f"factorized λ={option(loaded.config, 'rd_lambda'):g}"
+    steps = option(loaded.config, "refine_steps")
+    return f"factorized λ={option(loaded.config, 'rd_lambda'):g}" + (f" refined {steps}" if steps else "")
 
 
 def quality_row(image: str, codec: str, bpp: float, result: np.ndarray, photo: np.ndarray) -> dict[str, Any]:
@@ -284,7 +285,7 @@ class CompressAETask(Task):
             if side % STRIDE:
                 raise RaycvError(f"image_size {side} cannot train the factorized codec: it must be a multiple of "
                                  f"{STRIDE}, its stride (synthesize with --param image_size=64, 128, ...)")
-            return FactorizedPriorCodec(cfg.width)
+            return FactorizedPriorCodec(cfg.width, option(cfg, "rd_lambda"), option(cfg, "refine_steps"))
         levels, channels = option(cfg, "levels"), option(cfg, "latent_channels")
         if levels < 3 or levels % 2 == 0 or levels > 255:
             raise RaycvError(f"invalid levels={levels}: expected an odd number in 3..255 (5 is -2..2)")

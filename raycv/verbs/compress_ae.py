@@ -8,19 +8,37 @@ import os
 from raycv.verbs.photos import add_photo_arguments, photo_names, report_photos
 
 
+def add_coding_flags(parser: argparse.ArgumentParser) -> None:
+    """--refine-steps, the option a trained codec may change when it codes."""
+    from raycv.cli import add_inference_flags
+    from raycv.tasks.cards import CARDS
+
+    add_inference_flags(parser, CARDS["compress_ae"])
+
+
+def load_codecs(args: argparse.Namespace) -> list:
+    """The --checkpoint(s), with the coding flags given."""
+    from raycv.checkpoint import load_model
+    from raycv.cli import inference_options_from_args
+    from raycv.devices import default_device
+
+    paths = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+    options = inference_options_from_args(args)
+    return [load_model(path, "compress_ae", default_device(), options) for path in paths]
+
+
 def add_eval_photos_arguments(parser: argparse.ArgumentParser) -> None:
     add_photo_arguments(parser, "a trained compress_ae checkpoint (repeatable: ae and aegan side by side)",
                         repeat_checkpoint=True)
+    add_coding_flags(parser)
 
 
 def run_eval_photos(args: argparse.Namespace) -> int:
     """bpp, PSNR and SSIM of each checkpoint and of JPEG at no more bits, per held-out photograph"""
-    from raycv.checkpoint import load_model
-    from raycv.devices import default_device
     from raycv.inference import predict
     from raycv.tasks import compress_ae
 
-    models = [load_model(path, "compress_ae", default_device()) for path in args.checkpoint]
+    models = load_codecs(args)
     rows = compress_ae.score_photos(models, predict, photo_names(args.photos), args.out or None)
     return report_photos(rows, "compress_ae on photographs never trained on (whole photos; PSNR/SSIM on RGB; "
                                "JPEG at no more bits than the first checkpoint)", args.out)
@@ -29,17 +47,16 @@ def run_eval_photos(args: argparse.Namespace) -> int:
 def add_rd_curve_arguments(parser: argparse.ArgumentParser) -> None:
     add_photo_arguments(parser, "a trained compress_ae checkpoint (repeatable: one per rate point)",
                         repeat_checkpoint=True)
+    add_coding_flags(parser)
 
 
 def run_rd_curve(args: argparse.Namespace) -> int:
     """mean bpp, PSNR and MS-SSIM of each checkpoint against JPEG's and WebP's curves, and their plot"""
-    from raycv.checkpoint import load_model
-    from raycv.devices import default_device
     from raycv.inference import predict
     from raycv.report import table, write_bytes
     from raycv.tasks import compress_ae
 
-    models = [load_model(path, "compress_ae", default_device()) for path in args.checkpoint]
+    models = load_codecs(args)
     rows = compress_ae.rate_distortion(models, predict, photo_names(args.photos))
     report_photos([row for row in rows if row["image"] == "mean"],
                   "compress_ae against JPEG and WebP: means over the photographs never trained on (RGB)", args.out)
@@ -55,19 +72,18 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a trained compress_ae checkpoint")
     parser.add_argument("--image", required=True, help="the picture to compress (PNG, JPEG, ...)")
     parser.add_argument("--out", required=True, help="where to write the compressed file")
+    add_coding_flags(parser)
 
 
 def run_compress(args: argparse.Namespace) -> int:
     """compress an image to a file of the model's range-coded latent"""
     import base64
 
-    from raycv.checkpoint import load_model
-    from raycv.devices import default_device
     from raycv.inference import predict, read_image_files
     from raycv.tasks import compress_ae
     from raycv.verbs.files import write_output
 
-    loaded = load_model(args.checkpoint, "compress_ae", default_device())
+    (loaded,) = load_codecs(args)
     image = read_image_files([args.image])[0]
     answer = predict(loaded, [image])[0]
     data = compress_ae.pack_file(loaded.model, base64.b64decode(answer["code"]), answer["height"], answer["width"])
