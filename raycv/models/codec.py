@@ -137,29 +137,31 @@ class FactorizedPriorCodec(nn.Module):
         self.prior = FactorizedDensity(latent_channels)
         self.rd_lambda, self.refine_steps = rd_lambda, refine_steps
 
-    def coded_loss(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """(N,) each image's rate-distortion loss (rd_lambda x 255^2 x MSE + bits per pixel) when `latent` is
-        coded: rounded for the decoder and the prior."""
-        symbols = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
-        squared_error = (self.decoder(symbols) - images).pow(2).mean(dim=(1, 2, 3))
-        bits = -torch.log2(self.prior.likelihood(symbols)).sum(dim=(1, 2, 3))
+    def per_image_loss(self, images: torch.Tensor, decoded: torch.Tensor, rate_latent: torch.Tensor) -> torch.Tensor:
+        """(N,) rd_lambda x 255^2 x MSE of the `decoded` latent + bits per pixel of `rate_latent` under the prior."""
+        squared_error = (self.decoder(decoded) - images).pow(2).mean(dim=(1, 2, 3))
+        bits = -torch.log2(self.prior.likelihood(rate_latent)).sum(dim=(1, 2, 3))
         return self.rd_lambda * 255 ** 2 * squared_error + bits / (images.shape[-2] * images.shape[-1])
+
+    def coded_loss(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """(N,) each image's rate-distortion loss when `latent` is coded: rounded for the decoder and the prior."""
+        symbols = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
+        return self.per_image_loss(images, symbols, symbols)
 
     def refined_latent(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """`latent` after refine_steps Adam steps on the training loss (noise for the rate, seeded so coding
         is deterministic), keeping per image the latent of the lowest coded loss checked (so refinement never
         codes an image worse than the encoder did). Gradients reach the latent only."""
-        pixels = images.shape[-2] * images.shape[-1]
         noise = torch.Generator(device=latent.device).manual_seed(0)
         with torch.inference_mode(False), torch.enable_grad():
             images, best = images.clone(), latent.clone()
             variable = best.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
-            best_loss = self.coded_loss(images, best).detach()
+            with torch.no_grad():
+                best_loss = self.coded_loss(images, best)
             for step in range(1, self.refine_steps + 1):
                 noisy = variable + torch.empty_like(variable).uniform_(-0.5, 0.5, generator=noise)
-                losses = (self.rd_lambda * 255 ** 2 * (self.decoder(variable) - images).pow(2).mean(dim=(1, 2, 3))
-                          - torch.log2(self.prior.likelihood(noisy)).sum(dim=(1, 2, 3)) / pixels)
+                losses = self.per_image_loss(images, variable, noisy)
                 (variable.grad,) = torch.autograd.grad(losses.sum(), [variable])
                 optimizer.step()
                 if step % REFINE_CHECK == 0 or step == self.refine_steps:

@@ -143,12 +143,11 @@ class DCGAN(nn.Module):
         noise = torch.randn(x.shape[0], NOISE_DIM, 1, 1, device=x.device)
         fake_labels = torch.randint(self.classes, (x.shape[0],), device=x.device) if self.classes else None
         latent = torch.cat([noise, fake_labels.float()[:, None, None, None]], 1) if self.classes else noise
-        real_labels = labels if self.classes else None
         softplus = nn.functional.softplus
         if player == "discriminator":
             with torch.no_grad():
                 fake = self.generator(latent)
-            loss = (softplus(-self.discriminator(x, real_labels)).mean()
+            loss = (softplus(-self.discriminator(x, labels)).mean()
                     + softplus(self.discriminator(fake, fake_labels)).mean())
         else:
             loss = softplus(-frozen_call(self.discriminator, self.generator(latent), fake_labels)).mean()

@@ -69,13 +69,18 @@ def sliced_wasserstein(first: torch.Tensor, second: torch.Tensor, seed: int = 0)
     return 1000 * float(np.mean(distances))
 
 
+def seed_class(seed: int, classes: int) -> int:
+    """The class a conditional generator of `classes` classes draws for noise seed `seed`."""
+    return seed % classes
+
+
 def latent_for(seeds: list[int], classes: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
     """The generator's input for each seed: its noise, and for a generator of `classes` classes the class
     seed mod classes."""
     noise = torch.stack([torch.randn(NOISE_DIM, 1, 1, generator=torch.Generator().manual_seed(seed))
                          for seed in seeds])
     if classes:
-        labels = torch.tensor([seed % classes for seed in seeds], dtype=noise.dtype)
+        labels = torch.tensor([seed_class(seed, classes) for seed in seeds], dtype=noise.dtype)
         noise = torch.cat([noise, labels[:, None, None, None]], dim=1)
     return noise.to(device)
 
@@ -129,7 +134,7 @@ def recognisability(model: nn.Module, classifier: LoadedModel, predict: Predict,
     census = class_census(top_classes, top_probabilities, classifier.dataset_meta["classes"])
     classes = the_gan(model).classes
     if classes:  # the share of samples the classifier confidently names as the class the generator was given
-        asked = [procedural.SHAPE_CLASSES[seed % classes] for seed in range(seed, seed + count)]
+        asked = [procedural.SHAPE_CLASSES[seed_class(one, classes)] for one in range(seed, seed + count)]
         census["as_asked"] = float(np.mean([name == wanted and p >= CONFIDENT for name, p, wanted
                                             in zip(top_classes, top_probabilities, asked, strict=True)]))
     return census
