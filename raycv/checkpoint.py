@@ -49,11 +49,14 @@ def read_meta(folder: str) -> dict[str, Any]:
 def stored_config(meta: dict[str, Any], path: str) -> TrainConfig:
     """The config a checkpoint was trained with. An option added after the checkpoint was written takes
     today's default, which may build another network than the one its weights came from (a search model
-    from before `stem_stride` loads its weights into a stride-2 stem without an error), so say which."""
+    from before `stem_stride` loads its weights into a stride-2 stem without an error), so say which. The
+    task's inference options are left out: evaluation may set them on any checkpoint, so their defaults
+    cannot misbuild one."""
     stored = meta["config"]
-    today = with_task_options(get_task(meta["task"]), TrainConfig())
+    task = get_task(meta["task"])
+    today = with_task_options(task, TrainConfig())
     missing = sorted({field.name for field in fields(TrainConfig)} - set(stored)
-                     | set(today.extra) - set(stored.get("extra", {})))
+                     | set(today.extra) - set(stored.get("extra", {})) - set(task.card.inference_options))
     if missing:
         defaults = ", ".join(f"{name}={today.extra[name] if name in today.extra else getattr(today, name)!r}"
                              for name in missing)

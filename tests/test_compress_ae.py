@@ -291,3 +291,20 @@ def test_reconstruct_route_answers_a_png(aegan_run):
         assert Image.open(io.BytesIO(shown.content)).size == (41, 30)
         answer = httpx.post(f"{url}/predict", **png).json()["predictions"][0]
         assert answer["latent_shape"] == [16, 4, 6] and answer["bpp"] > 0
+
+
+def test_a_codec_from_before_refinement_loads_without_a_warning(tmp_path, recwarn):
+    """refine_steps is an inference option: a checkpoint that does not record it cannot be misbuilt by its
+    default, so loading it says nothing (options that shape the network still warn: tests/test_search.py)."""
+    from raycv import checkpoint
+    from raycv.tasks.base import with_task_options
+
+    cfg = TASK.default_config().replace(model="factorized", **TINY)
+    meta = TASK.dataset_meta(SMALL)
+    stored = with_task_options(TASK, cfg).to_dict()
+    del stored["extra"]["refine_steps"]
+    checkpoint.save(str(tmp_path / "old"), TASK.build_model(cfg, meta),
+                    {"task": "compress_ae", "config": stored, "dataset": meta, "epoch": 1, "history": []})
+    loaded = checkpoint.load_model(str(tmp_path / "old"), "compress_ae", options={"refine_steps": 3})
+    assert loaded.model.refine_steps == 3
+    assert not [w for w in recwarn if "records no" in str(w.message)]
