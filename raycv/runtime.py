@@ -74,6 +74,9 @@ def init_ray(verbose: bool = False, **kwargs) -> None:
     if not verbose:
         quiet_ray_logs()
     if kwargs.get("address") is None and "RAY_ADDRESS" not in os.environ:  # a new local Ray
+        # "local", not None: with None, ray.init joins the address in <temp dir>/ray/ray_current_cluster,
+        # which every `ray start` writes and a killed one leaves behind, and then refuses num_cpus.
+        kwargs["address"] = "local"
         kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.{use_own_cluster.__name__}",
                                  **(kwargs.get("runtime_env") or {})}
     ray.init(logging_level=logging.INFO if verbose else logging.WARNING, **kwargs)

@@ -1,6 +1,14 @@
-"""Which of the lines Ray forwards from its processes reach the user of a quiet run (no Ray started here)."""
+"""Which of the lines Ray forwards from its processes reach the user of a quiet run, and which Ray a raycv
+command without RAY_ADDRESS runs on."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 from raycv.runtime import quiet_ray_logs
 
@@ -49,3 +57,22 @@ def test_a_quiet_run_forwards_everything_but_the_known_noise():
         batch = {"ip": "10.0.0.1", "pid": 4242, "job": "01000000", "is_err": True, "lines": NOISE + KEPT}
         printed = [line for out in deduplicator.deduplicate(batch) for line in out["lines"]]
         assert printed == KEPT
+
+
+def test_without_ray_address_a_command_starts_its_own_ray_past_a_stale_address_file():
+    """A `ray start` killed before `ray stop` leaves its address in <temp dir>/ray/ray_current_cluster; ray.init
+    without an address would join it and refuse num_cpus. raycv starts a Ray of its own, sized as asked."""
+    # Short and private: Ray's socket paths live under it (at most 107 bytes) and its address file is read there.
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        os.makedirs(os.path.join(temp, "ray"))
+        with open(os.path.join(temp, "ray", "ray_current_cluster"), "w") as stale:
+            stale.write("127.0.0.1:1")  # nothing listens on port 1
+        script = ("import json, ray\nfrom raycv.runtime import init_ray\ninit_ray(num_cpus=1)\n"
+                  "print(json.dumps(ray.cluster_resources()))")
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | {"RAY_TMPDIR": temp}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1])["CPU"] == 1.0
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
