@@ -163,6 +163,8 @@ def test_bad_options_are_refused():
             TASK.card.check_options({"rd_lambda": rd_lambda})
     with pytest.raises(RaycvError, match="invalid refine_steps=-1: expected a whole number of steps from 0 to 10000"):
         TASK.card.check_options({"refine_steps": -1})
+    with pytest.raises(RaycvError, match="invalid low_contrast_share=2.0: expected a share from 0 to 1"):
+        TASK.card.check_options({"low_contrast_share": 2.0})
     with pytest.raises(RaycvError, match=r"invalid dead_leaves_share=1.5: expected a share of the crops in \[0, 1\]"):
         TASK.dataset_meta({**SMALL, "photos": "brick", "dead_leaves_share": 1.5})
 
@@ -179,6 +181,29 @@ def test_training_crops_mix_named_photos_with_dead_leaves_and_eval_photos_holds_
     crops = [TASK.synthesize_sample(np.random.default_rng([7, index]), params)["image"] for index in range(40)]
     grey = [np.ptp(decode_image(crop).astype(int), axis=2).max() == 0 for crop in crops]
     assert 10 <= sum(grey) <= 30, sum(grey)
+
+
+def test_low_contrast_crops_keep_their_mean_colour_and_lose_up_to_nine_tenths_of_their_contrast():
+    from raycv.data.augment import random_low_contrast
+
+    torch.manual_seed(0)
+    images = to_model_input(batch_of(64)["image"])
+    spread = images.std(dim=(-3, -2, -1))
+    assert torch.equal(random_low_contrast(images, 0.0), images)
+    lowered = random_low_contrast(images, 1.0)
+    assert torch.allclose(lowered.mean(dim=(-2, -1)), images.mean(dim=(-2, -1)), atol=1e-5)
+    ratios = lowered.std(dim=(-3, -2, -1)) / spread
+    assert ratios.min() >= 0.1 - 1e-4 and ratios.max() <= 1 + 1e-4
+    assert ratios.min() < 0.2 and ratios.max() > 0.7  # log-uniform over the range, not one factor
+    assert lowered.min() >= 0 and lowered.max() <= 1
+    assert 20 <= int((random_low_contrast(images, 0.5) != images).flatten(1).any(1).sum()) <= 44
+    # The task's augmentation: turns alone keep every image's contrast; the option lowers it.
+    config = TASK.default_config()
+    total = float(spread.sum())
+    turned = TASK.augment(batch_of(64), config)["image"]
+    assert abs(float(turned.std(dim=(-3, -2, -1)).sum()) - total) < 1e-3 * total
+    faint = TASK.augment(batch_of(64), config.replace(extra={"low_contrast_share": 1.0}))["image"]
+    assert float(faint.std(dim=(-3, -2, -1)).sum()) < 0.7 * total
 
 
 @pytest.mark.parametrize(("model_name", "latent_shape"), [("ae", [16, 6, 8]), ("factorized", [48, 3, 4])])

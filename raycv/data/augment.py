@@ -50,3 +50,17 @@ def random_dihedral(*images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         chosen = (torch.rand(images[0].shape[0], device=images[0].device) < 0.5).view(-1, 1, 1, 1)
         images = tuple(torch.where(chosen, flip(image), image) for image in images)
     return images
+
+
+def random_low_contrast(images: torch.Tensor, share: float, lowest: float = 0.1) -> torch.Tensor:
+    """A random `share` of an NCHW batch in [0, 1] with its contrast lowered: each chosen image's deviations
+    from its own mean colour scaled by a factor log-uniform in [`lowest`, 1]. Smooth, faint photographs
+    (the moon, a retina, most of a sky) are rare among textured training crops; a codec that has seen few
+    of them spends its bits there badly."""
+    if share <= 0:
+        return images
+    count = images.shape[0]
+    factors = (lowest ** torch.rand(count, device=images.device)).view(-1, 1, 1, 1)
+    chosen = (torch.rand(count, device=images.device) < share).view(-1, 1, 1, 1)
+    means = images.mean(dim=(-2, -1), keepdim=True)
+    return torch.where(chosen, means + factors * (images - means), images)

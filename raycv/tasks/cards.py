@@ -215,11 +215,14 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
             "adversarial_weight": (0.01, "aegan: weight of the generator's adversarial loss"),
             "rd_lambda": (0.01, "factorized: the rate-distortion trade-off, loss = rd_lambda x 255^2 x MSE + bits per "
                                 "pixel; higher buys quality with bits (one model per value: sweep it with tune)"),
+            "low_contrast_share": (0.0, "the share of training crops whose contrast is lowered (x0.1 to x1, "
+                                        "log-uniform), for photographs smoother and fainter than the crops"),
             "refine_steps": (0, "factorized, when coding: gradient steps on each image's latent against the model's "
                                 "own rate-distortion loss before it is range-coded (same decoder and bitstream; "
                                 "slower encoding)"),
         },
         option_checks={"rd_lambda": (lambda value: value > 0, "a weight > 0, e.g. 0.01"),
+                       "low_contrast_share": (lambda value: 0 <= value <= 1, "a share from 0 to 1"),
                        "refine_steps": (lambda value: isinstance(value, int) and 0 <= value <= 10_000,
                                         "a whole number of steps from 0 to 10000")},
         inference_options=("refine_steps",),

@@ -38,7 +38,7 @@ from torch import nn
 
 from raycv.checkpoint import LoadedModel
 from raycv.config import TrainConfig
-from raycv.data.augment import random_dihedral
+from raycv.data.augment import random_dihedral, random_low_contrast
 from raycv.data.figures import busiest_window, side_by_side, write_png, zoom
 from raycv.data.images import decode_image, encode_png, to_model_input, to_uint8_images
 from raycv.data.natural import CROP_SOURCE_DEFAULTS, crop_source, training_crop
@@ -294,7 +294,8 @@ class CompressAETask(Task):
         return MODELS[cfg.model](cfg.width, channels, levels)
 
     def augment(self, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"image": random_dihedral(to_model_input(batch["image"]))[0]}
+        images = random_dihedral(to_model_input(batch["image"]))[0]
+        return {"image": random_low_contrast(images, option(cfg, "low_contrast_share"))}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
         images = to_model_input(batch["image"])
