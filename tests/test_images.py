@@ -76,3 +76,18 @@ def test_predict_files_get_the_same_messages(tmp_path):
     bomb.write_bytes(header_only_png(20000, 20000))  # over Pillow's default limit of 2 x 89,478,485 pixels
     with pytest.raises(RaycvError, match=r"bomb\.png: image of more than 178956970 pixels, which Pillow refuses"):
         read_image_files([str(bomb)])
+
+
+def test_a_caption_wider_than_its_panel_is_set_smaller_and_stays_over_its_own_panel():
+    from raycv.data.figures import side_by_side
+
+    panel = np.full((256, 256, 3), 128, np.uint8)
+    label = "factorized λ=0.0025 0.12 bpp 35.08 dB"
+    figure = side_by_side([(label, panel), ("", panel)], gap=4)
+    caption = figure.shape[0] - 256
+    assert figure.shape == (256 + caption, 516, 3)
+    ink = figure[:caption].min(axis=2) < 128
+    assert not ink[:, 256:].any()  # the caption ends before the next panel,
+    assert ink[:, 200:252].any()  # it was set smaller to fit, not cut: its end is drawn near the edge
+    alone = side_by_side([(label, np.full((64, 64, 3), 128, np.uint8)), ("", panel)], gap=4)
+    assert not (alone[:alone.shape[0] - 256, 64:].min(axis=2) < 128).any()  # too long even at 9 px: cut

@@ -10,18 +10,32 @@ from PIL import Image, ImageDraw, ImageFont
 from raycv.data.images import encode_png
 
 
+def caption_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships: unlike Pillow's default font it has Greek (a codec's λ)."""
+    import matplotlib
+
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
+
+
 def side_by_side(panels: list[tuple[str, np.ndarray]], gap: int = 4) -> np.ndarray:
-    """uint8 HWC images of the same height in a row, each under its caption, on white."""
+    """uint8 HWC images of the same height in a row, each under its caption, on white. A caption wider
+    than its panel is set smaller (down to 9 px) and then cut at the panel's edge: it never runs into
+    the next caption."""
     height = max(image.shape[0] for _, image in panels)
-    font = ImageFont.load_default(max(12, min(20, height // 12)))  # Pillow's own scalable font
-    caption = int(font.size * 1.6)
+    size = max(12, min(20, height // 12))
+    caption = int(size * 1.6)
     width = sum(image.shape[1] for _, image in panels) + gap * (len(panels) - 1)
     canvas = Image.new("RGB", (width, height + caption), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     x = 0
     for label, image in panels:
         canvas.paste(Image.fromarray(image), (x, caption))
-        draw.text((x + 4, (caption - font.size) // 2), label, font=font, fill=(0, 0, 0))
+        strip = Image.new("RGB", (image.shape[1], caption), (255, 255, 255))
+        draw = ImageDraw.Draw(strip)
+        font = caption_font(size)
+        while font.size > 9 and draw.textlength(label, font=font) > image.shape[1] - 8:
+            font = caption_font(font.size - 1)
+        draw.text((4, (caption - font.size) // 2), label, font=font, fill=(0, 0, 0))
+        canvas.paste(strip, (x, 0))
         x += image.shape[1] + gap
     return np.asarray(canvas)
 
