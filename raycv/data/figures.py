@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -10,8 +11,10 @@ from PIL import Image, ImageDraw, ImageFont
 from raycv.data.images import encode_png
 
 
+@functools.lru_cache(maxsize=32)
 def caption_font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans, which matplotlib ships: unlike Pillow's default font it has Greek (a codec's λ)."""
+    """DejaVu Sans, which matplotlib ships: unlike Pillow's default font it has Greek (a codec's λ). Cached:
+    every caption of every figure asks for a size, and a shrinking one for several."""
     import matplotlib
 
     return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), size)
