@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 bench: $(STAMP)
 	$(PY) jobs/bench.py --quick

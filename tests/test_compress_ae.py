@@ -43,7 +43,10 @@ def test_range_coding_round_trips_and_spends_bits_by_probability():
     peaked = np.array([[0.02, 0.08, 0.8, 0.08, 0.02]] * 4)
     symbols = rng.choice(5, size=(4, 6, 9), p=peaked[0]) - 2
     code = encode_symbols(symbols, peaked)
-    assert np.array_equal(decode_symbols(code, peaked), symbols)
+    decoded, grey = decode_symbols(code, peaked)
+    assert np.array_equal(decoded, symbols) and not grey
+    grey_code = encode_symbols(symbols, peaked, grey=True)  # the flag costs no bits beyond the header's byte
+    assert len(grey_code) == len(code) and decode_symbols(grey_code, peaked)[1]
     entropy = -(peaked[0] * np.log2(peaked[0])).sum() * symbols.size
     assert 8 * len(code) < entropy + 4 * 32 + 64  # within a few words of the entropy, plus the header
     uniform = np.full((4, 5), 0.2)
@@ -144,7 +147,7 @@ def test_factorized_codec_trains_for_rate_and_distortion_and_its_bit_estimate_is
     assert (refined_loss <= encoder_loss + 1e-5).all() and refined_loss.mean() < 0.97 * encoder_loss.mean(), \
         (encoder_loss, refined_loss)
     symbols = refined["symbols"][0].numpy()
-    assert np.array_equal(decode_symbols(encode_symbols(symbols, probabilities), probabilities), symbols)
+    assert np.array_equal(decode_symbols(encode_symbols(symbols, probabilities), probabilities)[0], symbols)
 
 
 def test_bad_options_are_refused():
@@ -212,14 +215,19 @@ def test_predict_codes_any_size_and_the_code_decodes_to_the_reconstruction(model
     model = TASK.build_model(TASK.default_config().replace(model=model_name, **TINY), meta).eval()
     loaded = type("Loaded", (), {"task": TASK, "model": model, "dataset_meta": meta})()
     image = np.random.default_rng(1).integers(0, 256, (37, 50, 3), dtype=np.uint8)
-    (answer,) = predict(loaded, [image])
-    # The code holds the latent of the image padded to 48 x 64 (a multiple of 16, the largest stride).
-    assert answer["latent_shape"] == latent_shape and (answer["width"], answer["height"]) == (50, 37)
-    code = base64.b64decode(answer["code"])
-    assert answer["bytes"] == len(code) and answer["bpp"] == pytest.approx(8 * len(code) / (37 * 50))
-    reconstruction = decode_image(base64.b64decode(answer["image_png"]))
-    assert reconstruction.shape == (37, 50, 3)
-    assert np.array_equal(decompress(model, code, 37, 50), reconstruction)
+    grey_image = np.repeat(image[..., :1], 3, axis=2)
+    for picture, grey in ((image, False), (grey_image, True)):
+        (answer,) = predict(loaded, [picture])
+        # The code holds the latent of the image padded to 48 x 64 (a multiple of 16, the largest stride).
+        assert answer["latent_shape"] == latent_shape and (answer["width"], answer["height"]) == (50, 37)
+        code = base64.b64decode(answer["code"])
+        assert answer["bytes"] == len(code) and answer["bpp"] == pytest.approx(8 * len(code) / (37 * 50))
+        reconstruction = decode_image(base64.b64decode(answer["image_png"]))
+        assert reconstruction.shape == (37, 50, 3)
+        assert np.array_equal(decompress(model, code, 37, 50), reconstruction)
+        # A grey image decodes to grey (the flag in its code); a coloured one keeps the decoder's colours.
+        spread = int(np.ptp(reconstruction.astype(int), axis=2).max())
+        assert (spread == 0) if grey else (spread > 0), (grey, spread)
 
 
 def test_compress_and_decompress_verbs_round_trip_and_refuse_damaged_or_foreign_files(tmp_path, capsys):
@@ -242,7 +250,8 @@ def test_compress_and_decompress_verbs_round_trip_and_refuse_damaged_or_foreign_
     capsys.readouterr()
     damaged = {"truncated.rcv": (data[:-3], "truncated: .* of its .* code bytes"),
                "flipped.rcv": (data[:-1] + bytes([data[-1] ^ 1]), "damaged: the code's checksum does not match"),
-               "photo.rcv": (png_bytes(image), "not a compressed image")}
+               "photo.rcv": (png_bytes(image), "not a compressed image"),
+               "old.rcv": (b"RCV1" + data[4:], "written by an older raycv .* compress the image again")}
     for name, (content, message) in damaged.items():
         (tmp_path / name).write_bytes(content)
         assert main(["compress_ae", "decompress", "--checkpoint", first, "--code", str(tmp_path / name),

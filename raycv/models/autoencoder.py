@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from raycv.models.cifar import CifarResNet
-from raycv.models.common import ResidualBlock
+from raycv.models.common import ResidualBlock, grey_images, keep_grey
 
 DOWNSAMPLE = 8  # the encoder's stride: inputs are padded to multiples of it
 HISTOGRAM_DECAY = 0.99  # per training step: the symbol statistics follow the encoder as it learns
@@ -60,7 +60,8 @@ class Decoder(nn.Module):
 
 class QuantizedAutoencoder(nn.Module):
     """forward(x in [0, 1]) -> {"reconstruction", "symbols" (integers, as floats), "probabilities"
-    (latent_channels, levels): the per-channel symbol model for the range coder}."""
+    (latent_channels, levels): the per-channel symbol model for the range coder, "grey" (N,) bool: the
+    images decoded as grey (common.keep_grey), a flag their codes carry}."""
 
     def __init__(self, width: float = 0.5, latent_channels: int = 16, levels: int = 5):
         super().__init__()
@@ -91,7 +92,9 @@ class QuantizedAutoencoder(nn.Module):
         symbols = self.quantize(self.encoder(x).float())
         if self.training:
             self.count_symbols(symbols)
-        return {"reconstruction": self.decoder(symbols), "symbols": symbols, "probabilities": self.probabilities()}
+        grey = grey_images(x)
+        return {"reconstruction": keep_grey(self.decoder(symbols), grey), "symbols": symbols,
+                "probabilities": self.probabilities(), "grey": grey}
 
 
 class PatchDiscriminator(nn.Module):

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import nn
 
+from raycv.models.common import grey_images, keep_grey
+
 STRIDE = 16  # four stride-2 layers
 # The coded symbols are the latent rounded and clamped to -SYMBOL_BOUND..SYMBOL_BOUND; the prior's tails
 # beyond are folded into the end symbols, so clamping never makes a symbol uncodable.
@@ -126,8 +128,9 @@ def synthesis(channels: int, latent_channels: int) -> nn.Sequential:
 
 class FactorizedPriorCodec(nn.Module):
     """forward(x in [0, 1]) -> {"reconstruction", "symbols" (integers, as floats), "probabilities" (M, 2
-    SYMBOL_BOUND + 1) for the range coder, "bits" (N,) estimated bits per image: the rate term}. The
-    paper's N = 128, M = 192 at width 1."""
+    SYMBOL_BOUND + 1) for the range coder, "bits" (N,) estimated bits per image: the rate term, "grey" (N,)
+    bool: the images decoded as grey (common.keep_grey), a flag their codes carry}. The paper's N = 128,
+    M = 192 at width 1."""
 
     def __init__(self, width: float = 0.5, rd_lambda: float = 0.01, refine_steps: int = 0):
         super().__init__()
@@ -188,8 +191,9 @@ class FactorizedPriorCodec(nn.Module):
         else:
             rate_latent = symbols = rounded
         bits = -torch.log2(self.prior.likelihood(rate_latent)).sum(dim=(1, 2, 3))
-        reconstruction = self.decoder(symbols)
+        grey = grey_images(x)
+        reconstruction = keep_grey(self.decoder(symbols), grey)
         if not self.training:
             reconstruction = reconstruction.clamp(0, 1)
         return {"reconstruction": reconstruction, "symbols": symbols, "probabilities": self.probabilities(),
-                "bits": bits}
+                "bits": bits, "grey": grey}

@@ -65,6 +65,19 @@ class AveragedMaps(Normalized):
         return torch.stack(maps).mean(dim=0)
 
 
+def grey_images(images: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: which images of an (N, 3, H, W) batch are grey, every pixel's three channels equal."""
+    return (images.amax(dim=1) == images.amin(dim=1)).flatten(1).all(dim=1)
+
+
+def keep_grey(reconstruction: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+    """The images flagged in `grey` (N,) decoded as grey, their channels' mean in all three; the others as
+    they are. A codec's decoder tints a grey photograph faintly (it learns colour); JPEG codes one without
+    chroma. Averaging gave +0.3 to +0.9 dB on the grey held-out photographs (camera, coins, moon)."""
+    grey_version = reconstruction.mean(dim=1, keepdim=True).expand_as(reconstruction)
+    return torch.where(grey.view(-1, 1, 1, 1), grey_version, reconstruction)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

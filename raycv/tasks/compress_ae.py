@@ -6,7 +6,8 @@ loss is rd_lambda x 255^2 x MSE + the bits per pixel its learned prior estimates
 
 Bits per pixel are real: the latent's integer symbols are range-coded (constriction) with the
 per-channel symbol probabilities the model learned during training, and bpp is the length of that
-bitstream (plus a 4-byte size header) over the image's pixels. Quality is PSNR and SSIM on RGB.
+bitstream (plus a 5-byte header: the latent's size and a flag for grey images, which decode to grey) over
+the image's pixels. Quality is PSNR and SSIM on RGB.
 
 Data: dead-leaves crops (raycv.data.natural) or, with --param images_dir=DIR, crops of any image folder.
 
@@ -48,6 +49,7 @@ from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.autoencoder import DOWNSAMPLE, AdversarialAutoencoder, QuantizedAutoencoder
 from raycv.models.codec import STRIDE, FactorizedPriorCodec
+from raycv.models.common import keep_grey
 from raycv.tasks.base import Predict, Task
 from raycv.tasks.cards import CARDS
 from raycv.tasks.routes import answer_image, no_query, png_response
@@ -58,11 +60,15 @@ MODELS = {"ae": QuantizedAutoencoder, "aegan": AdversarialAutoencoder, "factoriz
 PAD_MULTIPLE = max(DOWNSAMPLE, STRIDE)
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 TRAIN_OPTIONS = CARDS["compress_ae"].train_options
-HEADER = struct.Struct(">HH")  # the latent's height and width; its channels come with the model
+# The latent's height and width (its channels come with the model), and flags: GREY_FLAG, the image is grey and
+# decodes to grey (models.common.keep_grey).
+HEADER = struct.Struct(">HHB")
+GREY_FLAG = 1
 # A compressed file (`raycv compress_ae compress-image`): magic, the image's height and width, the code's length,
 # a CRC-32 of the code and one of the model's symbol probabilities, then the code. The checks turn a
 # truncated or damaged file, or one coded by another model, into an error instead of a wrong picture.
-FILE_MAGIC = b"RCV1"
+FILE_MAGIC = b"RCV2"
+OLD_FILE_MAGICS = (b"RCV1",)  # codes without HEADER's flags
 FILE_HEADER = struct.Struct(">4sHHIII")
 
 
@@ -76,9 +82,9 @@ def option(cfg: TrainConfig, name: str) -> Any:
 # ---------------------------------------------------------------------------------------------------
 
 
-def encode_symbols(symbols: np.ndarray, probabilities: np.ndarray) -> bytes:
+def encode_symbols(symbols: np.ndarray, probabilities: np.ndarray, grey: bool = False) -> bytes:
     """(C, h, w) integer symbols centred on 0 -> header + range-coded bitstream, each channel with its
-    own categorical model (`probabilities`, (C, levels))."""
+    own categorical model (`probabilities`, (C, levels)); `grey` flags a grey image."""
     import constriction
 
     channels, height, width = symbols.shape
@@ -87,20 +93,20 @@ def encode_symbols(symbols: np.ndarray, probabilities: np.ndarray) -> bytes:
     per_symbol = np.repeat(probabilities.astype(np.float32), height * width, axis=0)
     coder = constriction.stream.queue.RangeEncoder()
     coder.encode(indices.reshape(-1).astype(np.int32), constriction.stream.model.Categorical(perfect=False), per_symbol)
-    return HEADER.pack(height, width) + coder.get_compressed().tobytes()
+    return HEADER.pack(height, width, GREY_FLAG if grey else 0) + coder.get_compressed().tobytes()
 
 
-def decode_symbols(data: bytes, probabilities: np.ndarray) -> np.ndarray:
-    """The inverse of encode_symbols."""
+def decode_symbols(data: bytes, probabilities: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The inverse of encode_symbols: the symbols, and whether the image is grey."""
     import constriction
 
-    height, width = HEADER.unpack_from(data)
+    height, width, flags = HEADER.unpack_from(data)
     channels, levels = probabilities.shape
     words = np.frombuffer(data[HEADER.size:], dtype=np.uint32)
     per_symbol = np.repeat(probabilities.astype(np.float32), height * width, axis=0)
     decoder = constriction.stream.queue.RangeDecoder(words)
     indices = decoder.decode(constriction.stream.model.Categorical(perfect=False), per_symbol)
-    return (indices.astype(np.int64) - (levels - 1) // 2).reshape(channels, height, width)
+    return (indices.astype(np.int64) - (levels - 1) // 2).reshape(channels, height, width), bool(flags & GREY_FLAG)
 
 
 def latent_size(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -323,8 +329,8 @@ class CompressAETask(Task):
             mean_loss.update(nn.functional.l1_loss(reconstruction, images), weight=len(images))
             probabilities = outputs["probabilities"].float().cpu().numpy()
             pixel_count = images.shape[-1] * images.shape[-2]
-            for symbols in outputs["symbols"].round().cpu().numpy():
-                bpp.update(8 * len(encode_symbols(symbols, probabilities)) / pixel_count)
+            for symbols, grey in zip(outputs["symbols"].round().cpu().numpy(), outputs["grey"].tolist(), strict=True):
+                bpp.update(8 * len(encode_symbols(symbols, probabilities, grey)) / pixel_count)
             latent_per_pixel = outputs["symbols"][0].numel() / pixel_count
         return {**quality.compute(), "bpp": float(bpp.compute()), "latent_per_pixel": latent_per_pixel,
                 "loss": float(mean_loss.compute())}
@@ -342,10 +348,10 @@ class CompressAETask(Task):
         probabilities = outputs["probabilities"].float().cpu().numpy()
         stride = outputs["reconstruction"].shape[-1] // outputs["symbols"].shape[-1]
         answers = []
-        for image, symbols, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(), sizes,
-                                                   strict=False):
+        for image, symbols, grey, (height, width) in zip(images, outputs["symbols"].round().cpu().numpy(),
+                                                         outputs["grey"].tolist(), sizes, strict=False):
             rows, columns = latent_size(int(height), int(width), stride)
-            code = encode_symbols(symbols[:, :rows, :columns], probabilities)
+            code = encode_symbols(symbols[:, :rows, :columns], probabilities, grey)
             answers.append({"code": base64.b64encode(code).decode("ascii"), "bytes": len(code),
                             "bpp": 8 * len(code) / (int(height) * int(width)),
                             "latent_shape": [int(symbols.shape[0]), rows, columns],
@@ -367,6 +373,9 @@ def pack_file(model: nn.Module, code: bytes, height: int, width: int) -> bytes:
 
 def unpack_file(model: nn.Module, data: bytes, name: str) -> tuple[bytes, int, int]:
     """(code, height, width) of a compressed file, or a RaycvError naming the file and what is wrong."""
+    if data[:len(FILE_MAGIC)] in OLD_FILE_MAGICS:
+        raise RaycvError(f"{name}: written by an older raycv in a format this one no longer reads: compress the "
+                         "image again with `raycv compress_ae compress-image`")
     if len(data) < FILE_HEADER.size or not data.startswith(FILE_MAGIC):
         raise RaycvError(f"{name}: not a compressed image (`raycv compress_ae compress-image` writes them)")
     _, height, width, length, checksum, fingerprint = FILE_HEADER.unpack_from(data)
@@ -386,8 +395,10 @@ def decompress(model: nn.Module, code: bytes, height: int, width: int) -> np.nda
     autoencoder = autoencoder_of(model)
     with torch.inference_mode():
         probabilities = autoencoder.probabilities().cpu().numpy()
-        symbols = torch.from_numpy(decode_symbols(code, probabilities)).float()[None]
-        reconstruction = autoencoder.decoder(symbols.to(next(autoencoder.parameters()).device))
+        symbols, grey = decode_symbols(code, probabilities)
+        device = next(autoencoder.parameters()).device
+        reconstruction = keep_grey(autoencoder.decoder(torch.from_numpy(symbols).float()[None].to(device)),
+                                   torch.tensor([grey], device=device))
     return to_uint8_images(reconstruction)[0, :height, :width]
 
 
