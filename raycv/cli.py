@@ -99,9 +99,9 @@ def config_from_args(task_name: str, args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-def add_compress_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per CompressOptions field; tuples are comma-separated (--sparsities 0.5,0.7,0.9)."""
-    defaults = CompressOptions()
+def add_compress_flags(parser: argparse.ArgumentParser, defaults: CompressOptions) -> None:
+    """One flag per CompressOptions field, defaulting to `defaults`; tuples are comma-separated (--sparsities
+    0.5,0.7,0.9)."""
     for field in dataclasses.fields(CompressOptions):
         default = getattr(defaults, field.name)
         if isinstance(default, tuple):
@@ -271,16 +271,18 @@ def add_compress_arguments(parser: argparse.ArgumentParser, card: TaskCard) -> N
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", required=True, help="dataset for fine-tuning, calibration and evaluation")
     parser.add_argument("--out", required=True, help="folder for the table and the compressed models")
-    add_compress_flags(parser)
+    add_compress_flags(parser, CompressOptions(stages=card.compress_stages))
     add_verbose_flag(parser)
 
 
 def run_compress(args: argparse.Namespace) -> None:
+    from raycv.compress import check_stages, compress_checkpoint
+    from raycv.report import table
+
     options = options_from_args(CompressOptions, args)
+    check_stages(CARDS[args.task], options.stages)
     require_path(args.checkpoint, "checkpoint")
     require_path(args.data, "dataset")
-    from raycv.compress import compress_checkpoint
-    from raycv.report import table
 
     init_ray_for(args)
     rows = compress_checkpoint(args.checkpoint, args.data, args.out, options, args.task)

@@ -41,6 +41,7 @@ from raycv.config import CompressOptions, TrainConfig
 from raycv.errors import RaycvError
 from raycv.sparsity import PRUNABLE, measured_sparsity, plain_state_dict, prunable_weights
 from raycv.tasks.base import Task
+from raycv.tasks.cards import TaskCard
 
 Batch = dict[str, torch.Tensor]
 
@@ -544,6 +545,14 @@ def saved_state_mb(model: nn.Module, path: str) -> float:
     return file_mb(path)
 
 
+def check_stages(card: TaskCard, stages: tuple[str, ...]) -> None:
+    """Refuse, in one line that says why, the stages a task's model cannot go through (TaskCard.compress_stages)."""
+    refused = [stage for stage in stages if stage not in card.compress_stages]
+    if refused:
+        raise RaycvError(f"{card.name} cannot run the {', '.join(refused)} stage{'s' * (len(refused) > 1)}: "
+                         f"{card.compress_refusal}; run --stages {','.join(card.compress_stages)}")
+
+
 def compress_checkpoint(checkpoint_path: str, data: str, out: str, options: CompressOptions | None = None,
                         task_name: str | None = None) -> list[dict[str, Any]]:
     """Compress the model at `checkpoint_path` with every stage in `options.stages`, measuring each on
@@ -552,6 +561,7 @@ def compress_checkpoint(checkpoint_path: str, data: str, out: str, options: Comp
     options = (options or CompressOptions()).validate()
     loaded = checkpoint.load_model(checkpoint_path, task_name, "cpu")
     task, metric = loaded.task, loaded.task.metric
+    check_stages(task.card, options.stages)
     cfg = finetune_config(loaded.config, options)
     data_in_memory = load_data(task, data, cfg, options.batch_size)
     if data_in_memory.meta.get("classes") != loaded.dataset_meta.get("classes"):

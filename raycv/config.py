@@ -20,6 +20,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
 CACHE_MODES = ("auto", "on", "off")
 CRITERIA = ("l1", "bn")  # channel-importance criteria of compress's channel pruning
+COMPRESS_STAGES = ("sparse", "channels", "int8", "export")  # raycv.compress's stages, in the order they run
 
 
 def option(default: Any, help: str, hidden: bool = False) -> Any:
@@ -194,13 +195,11 @@ class CompressOptions:
     threads: int = option(0, "torch / onnxruntime threads for the whole run, latencies included; 0: torch's default")
     latency_runs: int = option(20, "timed runs per measurement (the median is reported)")
     latency_batches: tuple[int, ...] = option((1, 64), "batch sizes to time on CPU")
-    stages: tuple[str, ...] = option(("sparse", "channels", "int8", "export"),
-                                     "stages to run (the dense row always comes first)")
+    stages: tuple[str, ...] = option(COMPRESS_STAGES, "stages to run (the dense row always comes first)")
     parity_tolerance: float = option(1e-4, "largest allowed |difference| between exported and PyTorch outputs")
     seed: int = option(0, "random seed for fine-tuning")
 
     def validate(self) -> CompressOptions:
-        valid_stages = ("sparse", "channels", "int8", "export")
         checks = [
             (len(self.sparsities) > 0 and all(0 < s < 1 for s in self.sparsities), "sparsities", self.sparsities,
              "one or more fractions in (0, 1)"),
@@ -221,8 +220,8 @@ class CompressOptions:
             (self.latency_runs >= 1, "latency_runs", self.latency_runs, "an integer >= 1"),
             (len(self.latency_batches) > 0 and all(b >= 1 for b in self.latency_batches), "latency_batches",
              self.latency_batches, "one or more batch sizes >= 1"),
-            (all(s in valid_stages for s in self.stages), "stages", self.stages,
-             f"a subset of {', '.join(valid_stages)}"),
+            (all(s in COMPRESS_STAGES for s in self.stages), "stages", self.stages,
+             f"a subset of {', '.join(COMPRESS_STAGES)}"),
             (self.parity_tolerance > 0, "parity_tolerance", self.parity_tolerance, "a positive number"),
         ]
         for ok, key, value, expected in checks:

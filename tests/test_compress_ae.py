@@ -25,6 +25,7 @@ from raycv.inference import predict
 from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
 from raycv.models.codec import SYMBOL_BOUND, FactorizedPriorCodec
 from raycv.tasks import get_task
+from raycv.compress import compress_checkpoint
 from raycv.tasks.compress_ae import against_jpeg, decode_symbols, decompress, encode_symbols
 
 TASK = get_task("compress_ae")
@@ -260,6 +261,24 @@ def test_compress_and_decompress_verbs_round_trip_and_refuse_damaged_or_foreign_
         assert re.search(f"{name}: {message}", error) and len(error.splitlines()) == 1, error
     assert main(["compress_ae", "decompress", "--checkpoint", other, "--code", str(packed), "--out", str(out)]) == 2
     assert "in.rcv: coded by another model" in capsys.readouterr().err
+
+
+def test_network_compression_refuses_the_stages_a_codec_cannot_go_through_in_one_line(tmp_path, capsys):
+    meta = TASK.dataset_meta(SMALL)
+    checkpoint = saved_checkpoint(TASK, TASK.default_config().replace(model="factorized", **TINY), meta,
+                                  str(tmp_path / "codec"))
+    # Refused before any data is read: the folder given as data does not exist.
+    command = ["compress_ae", "compress", "--checkpoint", checkpoint, "--data", str(tmp_path / "absent"),
+               "--out", str(tmp_path / "out")]
+    for stages, refused in (("channels,int8,export", "channels, int8, export stages"), ("sparse,int8", "int8 stage")):
+        assert main([*command, "--stages", stages]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and f"compress_ae cannot run the {refused}: " in error, error
+        assert error.endswith("run --stages sparse") and "bit-exactly" in error, error
+    # By default compress_ae runs the stage it can, so the command goes on to look for the data.
+    assert main(command) == 2 and "dataset not found" in capsys.readouterr().err
+    with pytest.raises(RaycvError, match="compress_ae cannot run the channels, int8, export stages"):
+        compress_checkpoint(checkpoint, str(tmp_path / "absent"), str(tmp_path / "out"))  # the Python API alike
 
 
 def test_rd_curve_puts_the_models_beside_jpeg_and_webp_curves(tmp_path, capsys):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raycv.config import TrainConfig
+from raycv.config import COMPRESS_STAGES, TrainConfig
 from raycv.errors import RaycvError
 
 DEFAULT_SYNTH_SIZES = {"train": 20_000, "val": 2_000}
@@ -40,6 +40,10 @@ class TaskCard:
     # Train options that eval, predict and serve may change on a trained checkpoint (test-time augmentation):
     # `--NAME` on those verbs too.
     inference_options: tuple[str, ...] = ()
+    # The stages of `raycv TASK compress` (raycv.compress) the task's model goes through, its default there, and
+    # why not the others: they are refused with that reason before any data is read.
+    compress_stages: tuple[str, ...] = COMPRESS_STAGES
+    compress_refusal: str = ""
 
     def check_model(self, model: str) -> None:
         if model in self.model_names:
@@ -226,6 +230,10 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
                        "refine_steps": (lambda value: isinstance(value, int) and 0 <= value <= 10_000,
                                         "a whole number of steps from 0 to 10000")},
         inference_options=("refine_steps",),
+        compress_stages=("sparse",),
+        compress_refusal=("a codec's code must decode bit-exactly with the symbol probabilities of the model that "
+                          "coded it, which int8 arithmetic and the single-output exports do not keep, and channel "
+                          "pruning does not know the channels GDN layers couple"),
         synth_sizes={"train": 3000, "val": 200}),
     TaskCard(
         "dcgan", "DCGAN image generation (sliced Wasserstein distance)",
