@@ -141,8 +141,9 @@ class FactorizedPriorCodec(nn.Module):
         self.rd_lambda, self.refine_steps = rd_lambda, refine_steps
 
     def per_image_loss(self, images: torch.Tensor, decoded: torch.Tensor, rate_latent: torch.Tensor) -> torch.Tensor:
-        """(N,) rd_lambda x 255^2 x MSE of the `decoded` latent + bits per pixel of `rate_latent` under the prior."""
-        squared_error = (self.decoder(decoded) - images).pow(2).mean(dim=(1, 2, 3))
+        """(N,) rd_lambda x 255^2 x MSE of the `decoded` latent (a grey image decoded as grey, as coded) + bits per
+        pixel of `rate_latent` under the prior."""
+        squared_error = (keep_grey(self.decoder(decoded), grey_images(images)) - images).pow(2).mean(dim=(1, 2, 3))
         bits = -torch.log2(self.prior.likelihood(rate_latent)).sum(dim=(1, 2, 3))
         return self.rd_lambda * 255 ** 2 * squared_error + bits / (images.shape[-2] * images.shape[-1])
 
