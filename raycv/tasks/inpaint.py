@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -168,17 +168,19 @@ def telea(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 PRIOR_RELAXATIONS = 8  # Jacobi sweeps per pyramid level; 16 changed the photo PSNR by < 0.1 dB
+# Conjugate-gradient steps per pyramid level of the biharmonic fill. 80 per level from the upsampled coarser
+# solution scored 27.16 dB on the held-out photos; 400 from the harmonic fill at full resolution alone, 26.83.
+BIHARMONIC_ITERATIONS = 80
+HOLE_MSE_FLOOR = 1e-5  # the per-image loss's floor: 50 dB, above any fill of a photograph's hole
 
 
-def smooth_fill(known: torch.Tensor, mask: torch.Tensor, relaxations: int = PRIOR_RELAXATIONS) -> torch.Tensor:
-    """The hole (mask 1) of `known` (N, C, H, W; zero in the hole) filled smoothly from its surroundings:
-    push-pull interpolation, where every pyramid level takes the masked mean of the finer one, and on
-    the way down each level keeps its known share and takes the rest from the coarser level, relaxed by
-    Jacobi sweeps towards the membrane fill. The full-resolution level is only the bilinear upsampling
-    of the relaxed half-resolution one: relaxing it too cost 5x the time for 0.08 dB on the held-out
-    photos. Known pixels are returned exactly. Hand-written on purpose: cv2.inpaint works on uint8
-    arrays on the CPU, and this prior has to run inside the model, batched, on any device."""
-    values, weights = known * (1 - mask), 1 - mask  # values = weights * mean of the known pixels
+def push_pull(known: torch.Tensor, mask: torch.Tensor, settle: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """The hole (mask 1) of `known` (N, C, H, W; zero in the hole) filled coarse to fine: every pyramid
+    level takes the masked mean of the finer one; on the way down each level keeps its known share, takes
+    the rest from the coarser level and lets `settle(filled, values, weights, level)` solve it there (level
+    0 is full resolution; `values` = `weights` x the mean of the known pixels). Solving each level from the
+    coarser one's answer is what makes a few iterations enough for fills that are global in nature."""
+    values, weights = known * (1 - mask), 1 - mask
     pyramid = []
     while min(values.shape[-2:]) > 1 and bool((weights < 1).any()):
         pyramid.append((values, weights))
@@ -186,43 +188,110 @@ def smooth_fill(known: torch.Tensor, mask: torch.Tensor, relaxations: int = PRIO
     filled = values / weights.clamp(min=1e-6)
     for level, (values, weights) in reversed(list(enumerate(pyramid))):
         coarse = nn.functional.interpolate(filled, size=values.shape[-2:], mode="bilinear", align_corners=False)
-        missing = 1 - weights
-        filled = values + missing * coarse
+        filled = settle(values + (1 - weights) * coarse, values, weights, level)
+    return filled
+
+
+def smooth_fill(known: torch.Tensor, mask: torch.Tensor, relaxations: int = PRIOR_RELAXATIONS) -> torch.Tensor:
+    """The membrane (harmonic) fill of the hole: push-pull interpolation relaxed by Jacobi sweeps at every
+    level. The full-resolution level is only the bilinear upsampling of the relaxed half-resolution one:
+    relaxing it too cost 5x the time for 0.08 dB on the held-out photos. Known pixels are returned
+    exactly. Hand-written on purpose: cv2.inpaint works on uint8 arrays on the CPU, and this prior has to
+    run inside the model, batched, on any device."""
+    def relax(filled, values, weights, level):
         for _ in range(relaxations if level > 0 else 0):
             neighbours = nn.functional.avg_pool2d(nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate"), 3,
                                                   stride=1)
-            filled = values + missing * neighbours
-    return filled
+            filled = values + (1 - weights) * neighbours
+        return filled
+
+    return push_pull(known, mask, relax)
+
+
+def laplacian(u: torch.Tensor) -> torch.Tensor:
+    """The 5-point Laplacian with mirrored (zero-flux) borders, by slicing rather than a convolution, so
+    autocast never runs it in half precision."""
+    padded = nn.functional.pad(u, (1, 1, 1, 1), mode="replicate")
+    return (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+            - 4 * u)
+
+
+def biharmonic_fill(known: torch.Tensor, mask: torch.Tensor,
+                    iterations: int = BIHARMONIC_ITERATIONS) -> torch.Tensor:
+    """The thin-plate (biharmonic) fill of the hole, skimage's inpaint_biharmonic in torch: the pixels
+    of the hole minimise the squared Laplacian, so gradients, not only values, continue into it. Solved by
+    conjugate gradients on every push-pull level (skimage's exact sparse solve is CPU-only and takes
+    seconds per image). It keeps edges and ramps that the harmonic fill flattens and overshoots where the
+    membrane does not: on the held-out photos each is the better fill on about half of the crops."""
+    def solve(filled, values, weights, level):
+        free = (weights < 0.999).float()  # partly known pixels of a coarse level are solved for as well
+
+        def operator(p):
+            return free * laplacian(laplacian(p))
+
+        residual = -operator(filled)
+        direction, norm = residual, residual.pow(2).sum(dim=(2, 3), keepdim=True)
+        for _ in range(iterations):
+            product = operator(direction)
+            curvature = (direction * product).sum(dim=(2, 3), keepdim=True)
+            # A converged image (or a channel with nothing left to solve) has curvature 0: it stops there.
+            step = torch.where(curvature > 1e-12, norm / curvature.clamp(min=1e-12), torch.zeros_like(norm))
+            filled, residual = filled + step * direction, residual - step * product
+            new_norm = residual.pow(2).sum(dim=(2, 3), keepdim=True)
+            direction, norm = residual + new_norm / norm.clamp(min=1e-20) * direction, new_norm
+        return filled
+
+    # Conjugate gradients on an operator this ill-conditioned carry float32's rounding a long way (0.3 of a
+    # grey level after 80 steps): a fixed memory layout keeps the fill the same for the same pixels.
+    return push_pull(known.contiguous(), mask.contiguous(), solve)
+
+
+def prior_fill(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What an untrained HoleFiller gives: the mean of the harmonic and the biharmonic fills (27.55 dB on
+    the held-out photos, against 27.09 and 27.16 for either alone)."""
+    return 0.5 * (smooth_fill(known, mask) + biharmonic_fill(known, mask))
 
 
 class HoleFiller(nn.Module):
     """(N, 4, H, W): RGB in [0, 1] and the hole mask (1 = fill) -> (N, 4, H, W): the filled RGB
-    (input pixels outside the hole, the smooth prior plus the network's correction inside) and the
-    mask again, so postprocess knows the hole. H and W must be multiples of 32 (preprocess pads)."""
+    (input pixels outside the hole, the network's fill inside) and the mask again, so postprocess knows
+    the hole. H and W must be multiples of 32 (preprocess pads).
+
+    The network sees two classical fills of the hole, the harmonic and the biharmonic one, and outputs
+    per pixel a gate between them and a correction of the gated fill. Neither fill wins everywhere: the
+    better of the two per crop is 1 dB above their mean on the held-out photos, so choosing between them
+    from the surroundings is the first thing worth learning. Its last layer starts at zero: an untrained
+    filler is the even blend (prior_fill)."""
 
     def __init__(self, width: float):
         super().__init__()
-        self.net = UNet(num_classes=3, width=width, in_channels=4)
+        self.net = UNet(num_classes=4, width=width, in_channels=7)  # gate logit + RGB correction
         last = self.net.classifier[-1]
-        nn.init.zeros_(last.weight)  # start as the prior: no correction
+        nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rgb, mask = x[:, :3].float(), x[:, 3:4].float()
         known = rgb * (1 - mask)  # whatever the hole held (the book's noise, a logo) is never seen
-        prior = smooth_fill(known, mask)
-        correction = self.net(torch.cat([prior, mask], dim=1)).float() * mask
-        # Zero mean over the hole, per image and channel: the prior's average colour is kept and the
-        # network only adds structure. Trained on dead leaves without this, it shifted the colour of
+        harmonic, biharmonic = smooth_fill(known, mask), biharmonic_fill(known, mask)
+        difference = biharmonic - harmonic
+        output = self.net(torch.cat([harmonic, difference, mask], dim=1)).float()
+        gate, correction = torch.sigmoid(output[:, :1]), output[:, 1:] * mask
+        # Zero mean over the hole, per image and channel: the gated fill's average colour is kept and the
+        # correction only adds structure. Trained on dead leaves without this, it shifted the colour of
         # smooth photos (retina: 44.5 dB for the prior, 31.5 with the correction).
         correction = correction - (correction.sum(dim=(2, 3), keepdim=True)
                                    / mask.sum(dim=(2, 3), keepdim=True).clamp(min=1))
-        fill = (prior + correction).clamp(0, 1)
+        fill = (harmonic + gate * difference + correction).clamp(0, 1)
         return torch.cat([known + fill * mask, mask], dim=1)
 
 
-def masked_mse(result: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return ((result - target).pow(2) * mask).sum() / (mask.sum() * result.shape[1]).clamp(min=1)
+def hole_log_mse(result: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean over images of the log of each one's MSE inside its hole: the mean PSNR the task is scored
+    by, up to a factor. A pooled MSE lets the hard, textured holes outweigh the smooth ones, whose decibels
+    count the same in the mean; the floor keeps a perfect hole from dominating the gradient."""
+    errors = ((result - target).pow(2) * mask).sum(dim=(1, 2, 3))
+    return torch.log(errors / (mask.sum(dim=(1, 2, 3)) * result.shape[1]).clamp(min=1) + HOLE_MSE_FLOOR).mean()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,16 +321,16 @@ def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> flo
     return float(masked_psnr(as_batch(result), as_batch(original), hole))
 
 
-def prior_image(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """The smooth prior alone (no network) on a uint8 RGB image: the baseline the network corrects."""
+def classical_image(fill: Callable[..., torch.Tensor], image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """A classical fill (smooth_fill, prior_fill) of the hole of a uint8 RGB image, as uint8."""
     mask = torch.from_numpy(hole)[None, None].float()
-    filled = smooth_fill(as_batch(image) * (1 - mask), mask)
-    return to_uint8_images(filled)[0]
+    return to_uint8_images(fill(as_batch(image) * (1 - mask), mask))[0]
 
 
 def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] | None = None,
                  out: str | None = None) -> list[dict[str, Any]]:
-    """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea against the model.
+    """Per photo: mean PSNR inside the hole over PHOTO_CROPS seeded crops, Telea, the harmonic fill and the
+    prior (an untrained model's blend) against the model.
     With `out`, a side-by-side PNG of each photo's first crop."""
     size, hole_side = int(loaded.dataset_meta["image_size"][0]), int(loaded.dataset_meta["hole_size"])
     rows = []
@@ -270,24 +339,27 @@ def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] |
         if not crops:
             continue
         answers = predict(loaded, [with_hole(crop, hole) for crop, hole in crops])
-        model_scores, telea_scores, prior_scores = [], [], []
+        model_scores, telea_scores, harmonic_scores, prior_scores = [], [], [], []
         for index, ((crop, hole), answer) in enumerate(zip(crops, answers, strict=False)):
             filled, baseline = answer_image(answer), telea(crop, hole)
             model_scores.append(hole_psnr(filled, crop, hole))
             telea_scores.append(hole_psnr(baseline, crop, hole))
-            prior_scores.append(hole_psnr(prior_image(crop, hole), crop, hole))
+            harmonic_scores.append(hole_psnr(classical_image(smooth_fill, crop, hole), crop, hole))
+            prior_scores.append(hole_psnr(classical_image(prior_fill, crop, hole), crop, hole))
             if out and index == 0:
                 shown = np.where(hole[..., None], np.uint8(255), crop)
                 panels = side_by_side([("input (hole)", shown), ("cv2.inpaint Telea", baseline),
                                        ("raycv inpaint", filled), ("original", crop)])
                 write_png(out, f"{name}_inpaint.png", panels)
         rows.append({"image": name, "crops": len(crops), "telea_psnr_hole": round(float(np.mean(telea_scores)), 2),
+                     "harmonic_psnr_hole": round(float(np.mean(harmonic_scores)), 2),
                      "prior_psnr_hole": round(float(np.mean(prior_scores)), 2),
                      "model_psnr_hole": round(float(np.mean(model_scores)), 2),
                      "gain_db": round(float(np.mean(model_scores) - np.mean(telea_scores)), 2)})
     rows.append({"image": "mean", "crops": sum(row["crops"] for row in rows),
                  **{key: round(float(np.mean([row[key] for row in rows])), 2)
-                    for key in ("telea_psnr_hole", "prior_psnr_hole", "model_psnr_hole", "gain_db")}})
+                    for key in ("telea_psnr_hole", "harmonic_psnr_hole", "prior_psnr_hole", "model_psnr_hole",
+                                "gain_db")}})
     return rows
 
 
@@ -345,12 +417,12 @@ class InpaintTask(Task):
         images = to_model_input(batch["image"])
         masks = batch["mask"] if "mask" in batch else hole_masks(batch["hole"], images.shape[-1])
         filled = model(torch.cat([images, masks], dim=1))[:, :3]
-        return masked_mse(filled, images, masks)
+        return hole_log_mse(filled, images, masks)
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                  meta: dict[str, Any]) -> dict[str, float]:
         device = next(model.parameters()).device
-        learned, baseline, prior, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(4))
+        learned, baseline, harmonic, prior, mean_loss = (torchmetrics.MeanMetric().to(device) for _ in range(5))
         for batch in batches:
             images = to_model_input(batch["image"])
             masks = hole_masks(batch["hole"], images.shape[-1])
@@ -360,11 +432,14 @@ class InpaintTask(Task):
                                      for image, hole in zip(batch["image"].cpu().numpy(), holes, strict=False)])
             learned.update(masked_psnr(filled, images, masks))
             baseline.update(masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images, masks))
-            prior.update(masked_psnr(smooth_fill(images * (1 - masks), masks), images, masks))
-            mean_loss.update(masked_mse(filled, images, masks), weight=len(images))
+            known = images * (1 - masks)
+            harmonic.update(masked_psnr(smooth_fill(known, masks), images, masks))
+            prior.update(masked_psnr(prior_fill(known, masks), images, masks))
+            mean_loss.update(hole_log_mse(filled, images, masks), weight=len(images))
         model_psnr, telea_psnr = float(learned.compute()), float(baseline.compute())
         return {"psnr_hole": model_psnr, "psnr_hole_telea": telea_psnr, "psnr_gain": model_psnr - telea_psnr,
-                "psnr_hole_prior": float(prior.compute()), "loss": float(mean_loss.compute())}
+                "psnr_hole_harmonic": float(harmonic.compute()), "psnr_hole_prior": float(prior.compute()),
+                "loss": float(mean_loss.compute())}
 
     def preprocess(self, images: list[np.ndarray], meta: dict[str, Any]) -> torch.Tensor:
         """RGBA (alpha 0 = hole) of any size to RGB + mask, replicate-padded to multiples of 32."""
