@@ -146,10 +146,10 @@ def latency_columns(run: Callable[[torch.Tensor], Any], examples: dict[int, torc
             for size, example in examples.items()}
 
 
-def stage_row(stage: str, metrics: dict[str, float], metric: str, params: int, size_mb: float,
+def stage_row(stage: str, metrics: dict[str, float], task: Task, params: int, size_mb: float,
               latency: dict[str, float], **extra: Any) -> dict[str, Any]:
-    return {"stage": stage, metric: round(metrics[metric], 5), "params": params, "size_mb": round(size_mb, 3),
-            **latency, **extra}
+    return {"stage": stage, **{name: round(metrics[name], 5) for name in (task.metric, *task.companion_metrics)},
+            "params": params, "size_mb": round(size_mb, 3), **latency, **extra}
 
 
 def add_deltas(rows: list[dict[str, Any]], metric: str, batch_sizes: Iterable[int]) -> list[dict[str, Any]]:
@@ -604,7 +604,7 @@ class Run:
     def measure(self, stage: str, model: nn.Module, size_mb: float, params: int | None = None,
                 **extra: Any) -> dict[str, Any]:
         metrics = evaluate(self.task, model, self.data)
-        row = stage_row(stage, metrics, self.task.metric, count_parameters(model) if params is None else params,
+        row = stage_row(stage, metrics, self.task, count_parameters(model) if params is None else params,
                         size_mb, latency_columns(model, self.examples, self.options.latency_runs), **extra)
         tqdm.write(f"[raycv compress] {row}")
         return row

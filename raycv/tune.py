@@ -149,6 +149,7 @@ def sweep(task: Task, base: TrainConfig, data: str, space: dict[str, Any], name:
         rows.append({
             "trial": result.path.rsplit("/", 1)[-1][:40], **{key: result.config[key] for key in space},
             "epochs": int(result.metrics["training_iteration"]), metric: best_epoch[metric],
+            **{f"val_{name}": best_epoch[f"val_{name}"] for name in task.companion_metrics},
             **({"sparsity_measured": best_epoch["sparsity"]} if "sparsity" in best_epoch else {}),
             "status": "stopped early" if result.metrics["training_iteration"] < base.epochs else "completed",
             "checkpoint": storage.under(trials_root, best_epoch["checkpoint_path"]),

@@ -165,3 +165,11 @@ def test_channel_pruning_keeps_the_outputs_of_a_model_with_flip_test_time_augmen
     parameters = sum(p.numel() for p in model.parameters())
     pruner.step()
     assert model(example).shape == (2, 3) and sum(p.numel() for p in model.parameters()) < 0.5 * parameters
+
+
+def test_a_codec_stage_row_shows_its_bits_per_pixel_beside_its_psnr():
+    metrics = {"psnr": 29.81234567, "bpp": 0.2012345, "ms_ssim": 0.93, "loss": 1.0}
+    row = compress.stage_row("sparse50", metrics, get_task("compress_ae"), 1000, 0.5, {"latency_ms_b1": 2.0})
+    assert row == {"stage": "sparse50", "psnr": 29.81235, "bpp": 0.20123, "params": 1000, "size_mb": 0.5,
+                   "latency_ms_b1": 2.0}
+    assert "bpp" not in compress.stage_row("dense", {"accuracy": 0.9, "bpp": 1.0}, get_task("classify"), 1, 0.1, {})

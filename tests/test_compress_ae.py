@@ -24,6 +24,7 @@ from raycv.errors import RaycvError
 from raycv.inference import predict
 from raycv.models.autoencoder import AdversarialAutoencoder, QuantizedAutoencoder, adversarial_terms
 from raycv.models.codec import SYMBOL_BOUND, FactorizedPriorCodec
+from raycv.models.common import grey_images
 from raycv.tasks import get_task
 from raycv.compress import compress_checkpoint
 from raycv.tasks.compress_ae import against_jpeg, decode_symbols, decompress, encode_symbols
@@ -139,12 +140,13 @@ def test_factorized_codec_trains_for_rate_and_distortion_and_its_bit_estimate_is
     # Refinement when coding: a few steps on each image's own latent lower its coded loss (rounded latent,
     # real rate), never raise it, and the refined symbols decode through the same decoder and coder.
     images = to_model_input(batch["image"])
+    grey = grey_images(images)
     with torch.no_grad():
-        encoder_loss = model.coded_loss(images, model.encoder(images))
+        encoder_loss = model.coded_loss(images, grey, model.encoder(images))
     model.refine_steps = 15
     with torch.inference_mode():
         refined = model(images)
-        refined_loss = model.coded_loss(images, refined["symbols"])
+        refined_loss = model.coded_loss(images, grey, refined["symbols"])
     assert (refined_loss <= encoder_loss + 1e-5).all() and refined_loss.mean() < 0.97 * encoder_loss.mean(), \
         (encoder_loss, refined_loss)
     symbols = refined["symbols"][0].numpy()

@@ -140,37 +140,38 @@ class FactorizedPriorCodec(nn.Module):
         self.prior = FactorizedDensity(latent_channels)
         self.rd_lambda, self.refine_steps = rd_lambda, refine_steps
 
-    def per_image_loss(self, images: torch.Tensor, decoded: torch.Tensor, rate_latent: torch.Tensor) -> torch.Tensor:
-        """(N,) rd_lambda x 255^2 x MSE of the `decoded` latent (a grey image decoded as grey, as coded) + bits per
-        pixel of `rate_latent` under the prior."""
-        squared_error = (keep_grey(self.decoder(decoded), grey_images(images)) - images).pow(2).mean(dim=(1, 2, 3))
+    def per_image_loss(self, images: torch.Tensor, grey: torch.Tensor, decoded: torch.Tensor,
+                       rate_latent: torch.Tensor) -> torch.Tensor:
+        """(N,) rd_lambda x 255^2 x MSE of the `decoded` latent (the `grey` images decoded as grey, as coded) +
+        bits per pixel of `rate_latent` under the prior."""
+        squared_error = (keep_grey(self.decoder(decoded), grey) - images).pow(2).mean(dim=(1, 2, 3))
         bits = -torch.log2(self.prior.likelihood(rate_latent)).sum(dim=(1, 2, 3))
         return self.rd_lambda * 255 ** 2 * squared_error + bits / (images.shape[-2] * images.shape[-1])
 
-    def coded_loss(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    def coded_loss(self, images: torch.Tensor, grey: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """(N,) each image's rate-distortion loss when `latent` is coded: rounded for the decoder and the prior."""
         symbols = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
-        return self.per_image_loss(images, symbols, symbols)
+        return self.per_image_loss(images, grey, symbols, symbols)
 
-    def refined_latent(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    def refined_latent(self, images: torch.Tensor, grey: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """`latent` after refine_steps Adam steps on the training loss (noise for the rate, seeded so coding
         is deterministic), keeping per image the latent of the lowest coded loss checked (so refinement never
         codes an image worse than the encoder did). Gradients reach the latent only."""
         noise = torch.Generator(device=latent.device).manual_seed(0)
         with torch.inference_mode(False), torch.enable_grad():
-            images, best = images.clone(), latent.clone()
+            images, grey, best = images.clone(), grey.clone(), latent.clone()  # out of inference mode
             variable = best.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([variable], lr=REFINE_LR)
             with torch.no_grad():
-                best_loss = self.coded_loss(images, best)
+                best_loss = self.coded_loss(images, grey, best)
             for step in range(1, self.refine_steps + 1):
                 noisy = variable + torch.empty_like(variable).uniform_(-0.5, 0.5, generator=noise)
-                losses = self.per_image_loss(images, variable, noisy)
+                losses = self.per_image_loss(images, grey, variable, noisy)
                 (variable.grad,) = torch.autograd.grad(losses.sum(), [variable])
                 optimizer.step()
                 if step % REFINE_CHECK == 0 or step == self.refine_steps:
                     with torch.no_grad():
-                        coded = self.coded_loss(images, variable)
+                        coded = self.coded_loss(images, grey, variable)
                         better = coded < best_loss
                         best[better], best_loss[better] = variable[better], coded[better]
         return best
@@ -182,9 +183,9 @@ class FactorizedPriorCodec(nn.Module):
         return self.prior.symbol_probabilities(SYMBOL_BOUND)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        latent = self.encoder(x).float()
+        latent, grey = self.encoder(x).float(), grey_images(x)
         if self.refine_steps and not self.training:
-            latent = self.refined_latent(x, latent)
+            latent = self.refined_latent(x, grey, latent)
         rounded = torch.round(latent).clamp(-SYMBOL_BOUND, SYMBOL_BOUND)
         if self.training:
             rate_latent = latent + torch.empty_like(latent).uniform_(-0.5, 0.5)
@@ -192,7 +193,6 @@ class FactorizedPriorCodec(nn.Module):
         else:
             rate_latent = symbols = rounded
         bits = -torch.log2(self.prior.likelihood(rate_latent)).sum(dim=(1, 2, 3))
-        grey = grey_images(x)
         reconstruction = keep_grey(self.decoder(symbols), grey)
         if not self.training:
             reconstruction = reconstruction.clamp(0, 1)

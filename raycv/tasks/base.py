@@ -71,6 +71,9 @@ class Task(ABC):
     card: ClassVar[TaskCard]  # name, default config, model names, task options, synth sizes (tasks/cards.py)
     metric: ClassVar[str]  # the validation metric that ranks checkpoints and trials, e.g. "accuracy"
     metric_mode: ClassVar[str] = "max"  # or "min"
+    # Validation metrics that the compress and sweep tables show beside `metric`, which cannot be read
+    # without them: a codec's PSNR means little without its bits per pixel.
+    companion_metrics: ClassVar[tuple[str, ...]] = ()
     synth_defaults: ClassVar[dict[str, Any]] = {}  # generator parameters `raycv TASK synth` accepts
 
     # The PIL mode request images and image files are decoded in for `preprocess`, by serve.py and

@@ -188,8 +188,10 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
         ("residual", "espcn"),
         synth_sizes={"train": 6000, "val": 300}),
     TaskCard(
-        "inpaint", "fill holes in photographs (UNet over a smooth prior)",
-        TrainConfig(model="unet_resnet18", width=0.5, epochs=8, batch_size=16, lr=2e-3, optimizer="adamw",
+        "inpaint", "fill holes in photographs (UNet over harmonic and biharmonic fills)",
+        # 3 epochs over 3,000 crops: about 13 minutes on 2 CPU cores (13 images/s, two fifths of it the
+        # biharmonic fill); 5 epochs scored 0.03 dB more on the validation crops.
+        TrainConfig(model="unet_resnet18", width=0.5, epochs=3, batch_size=16, lr=2e-3, optimizer="adamw",
                     weight_decay=1e-4, amp="off", cpus_per_worker=2),
         ("unet_resnet18",),
         train_options={

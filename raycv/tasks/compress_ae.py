@@ -268,6 +268,7 @@ class CompressAETask(Task):
     card = CARDS["compress_ae"]
     metric = "psnr"
     metric_mode = "max"
+    companion_metrics = ("bpp",)
     synth_defaults = {"image_size": 64, **CROP_SOURCE_DEFAULTS}
     routes = {"reconstruct": (no_query("/v1/compress_ae/reconstruct"), png_response)}
 
