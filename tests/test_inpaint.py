@@ -16,6 +16,7 @@ from conftest import png_bytes, saved_checkpoint, served, train_steps
 
 from raycv.checkpoint import load_model
 from raycv.cli import main
+from raycv.compress import check_stages
 from raycv.data import quality
 from raycv.data.images import encode_png
 from raycv.data.photos import PHOTO_NAMES
@@ -248,3 +249,12 @@ def test_fill_route_takes_the_mask_as_alpha(ray_session, inpaint_run):
         answer = httpx.post(f"{url}/predict", content=png_bytes(with_hole(image, hole)), headers=headers,
                             timeout=60).json()["predictions"][0]
         assert answer["hole_pixels"] == 300 and (answer["width"], answer["height"]) == (52, 40)
+
+
+def test_network_compression_runs_the_stages_the_filler_can_go_through(tmp_path, capsys):
+    check_stages(TASK.card, ("sparse", "channels"))
+    with pytest.raises(RaycvError, match="inpaint cannot run the int8, export stages: .*conjugate gradients"):
+        check_stages(TASK.card, ("sparse", "int8", "export"))
+    assert main(["inpaint", "compress", "--checkpoint", str(tmp_path / "absent"), "--data", str(tmp_path / "absent"),
+                 "--out", str(tmp_path / "out"), "--stages", "export"]) == 2
+    assert capsys.readouterr().err.strip().endswith("run --stages sparse,channels")

@@ -199,6 +199,10 @@ CARDS: dict[str, TaskCard] = {card.name: card for card in [
                                 "or square (the book's, hole_size wide)"),
         },
         option_checks={"masks": (lambda value: value in ("varied", "square"), "varied or square")},
+        compress_stages=("sparse", "channels"),
+        compress_refusal=("the model fills the hole with iterative solvers (an image pyramid as deep as the hole "
+                          "reaches, conjugate gradients) that torch.export, and so int8 and ONNX, cannot capture "
+                          "as one graph; the network itself prunes like any UNet"),
         synth_sizes={"train": 3000, "val": 200}),
     TaskCard(
         "compress_ae", "learned image compression: autoencoder with a quantized latent (bits per pixel)",
