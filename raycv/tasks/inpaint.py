@@ -263,10 +263,10 @@ class HoleFiller(nn.Module):
     the hole. H and W must be multiples of 32 (preprocess pads).
 
     The network sees two classical fills of the hole, the harmonic and the biharmonic one, and outputs
-    per pixel a gate between them and a correction of the gated fill. Neither fill wins everywhere: the
-    better of the two per crop is 1 dB above their mean on the held-out photos, so choosing between them
-    from the surroundings is the first thing worth learning. Its last layer starts at zero: an untrained
-    filler is the even blend (prior_fill)."""
+    per pixel a gate between them and a correction of the gated fill. Neither fill wins everywhere: on the
+    held-out photos the biharmonic fill is the better one on 30 of 64 crops, and the better of the two per
+    crop is 0.46 dB above their even blend, so choosing between them from the surroundings is the first
+    thing worth learning. Its last layer starts at zero: an untrained filler is the even blend (prior_fill)."""
 
     def __init__(self, width: float):
         super().__init__()
