@@ -223,5 +223,10 @@ def load_model(path: str, task_name: str | None = None, device: str | torch.devi
         task = get_task(meta["task"])
         config = with_inference_options(task, stored_config(meta, path), options or {})
         model = task.build_model(config, meta["dataset"])
-        model.load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu"))
+        try:
+            model.load_state_dict(torch.load(os.path.join(folder, MODEL_FILE), weights_only=True, map_location="cpu"))
+        except RuntimeError as error:  # torch lists every mismatched tensor; the first says enough
+            first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+            raise RaycvError(f"checkpoint {path} does not fit the {task.name} model this raycv builds ({first}): "
+                             "was it written by an older raycv? train it again") from None
     return LoadedModel(task, model.to(device).eval(), config, meta, storage.absolute(path))

@@ -258,3 +258,16 @@ def test_network_compression_runs_the_stages_the_filler_can_go_through(tmp_path,
     assert main(["inpaint", "compress", "--checkpoint", str(tmp_path / "absent"), "--data", str(tmp_path / "absent"),
                  "--out", str(tmp_path / "out"), "--stages", "export"]) == 2
     assert capsys.readouterr().err.strip().endswith("run --stages sparse,channels")
+
+
+def test_a_checkpoint_of_an_older_filler_is_refused_in_one_line(tmp_path):
+    import torch.nn as nn
+
+    meta = TASK.dataset_meta(SMALL)
+    cfg = TASK.default_config().replace(width=0.25)
+    model = TASK.build_model(cfg, meta)
+    # The filler before the biharmonic gate: four input channels (RGB and mask), three outputs.
+    model.net.stem[0] = nn.Conv2d(4, model.net.stem[0].out_channels, 7, stride=2, padding=3, bias=False)
+    checkpoint = saved_checkpoint(TASK, cfg, meta, str(tmp_path / "old"), model)
+    with pytest.raises(RaycvError, match=r"does not fit the inpaint model .*net\.stem\.0\.weight.* train it again"):
+        load_model(checkpoint, "inpaint")
