@@ -53,12 +53,17 @@ def psnr_ssim(result: np.ndarray, reference: np.ndarray, border: int = 0, luma: 
     return scores["psnr"], scores["ssim"]
 
 
+def masked_mse(results: torch.Tensor, references: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) per-image mean squared error over the pixels where `masks` (N1HW, 1 = measured) is set, all
+    channels."""
+    error = (results - references).pow(2) * masks
+    return error.sum(dim=(1, 2, 3)) / (masks.sum(dim=(1, 2, 3)) * results.shape[1]).clamp(min=1)
+
+
 def masked_psnr(results: torch.Tensor, references: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) over the pixels where `masks` (N1HW, 1 = measured) is set, all channels,
-    after 8-bit quantisation. An exact match is capped at 100 dB rather than infinity."""
-    error = (quantize(results) - quantize(references)).pow(2) * masks
-    count = masks.sum(dim=(1, 2, 3)) * results.shape[1]
-    mse = error.sum(dim=(1, 2, 3)) / count.clamp(min=1)
+    """Per-image PSNR (dB) of masked_mse after 8-bit quantisation. An exact match is capped at 100 dB
+    rather than infinity."""
+    mse = masked_mse(quantize(results), quantize(references), masks)
     return (10 * torch.log10(1 / mse.clamp(min=1e-10))).clamp(max=100.0)
 
 

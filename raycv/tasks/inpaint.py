@@ -48,7 +48,7 @@ from raycv.data.figures import side_by_side, write_png
 from raycv.data.images import as_batch, decode_image, encode_png, to_model_input, to_uint8_images
 from raycv.data.natural import CROP_SOURCE_DEFAULTS, crop_source, training_crop
 from raycv.data.photos import held_out_photos, real_photos
-from raycv.data.quality import masked_psnr
+from raycv.data.quality import masked_mse, masked_psnr
 from raycv.data.resample import stack_padded
 from raycv.errors import RaycvError
 from raycv.models.unet import INPUT_MULTIPLE, UNet
@@ -251,10 +251,13 @@ def biharmonic_fill(known: torch.Tensor, mask: torch.Tensor,
     return push_pull(known.contiguous(), mask.contiguous(), solve)
 
 
-def prior_fill(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """What an untrained HoleFiller gives: the mean of the harmonic and the biharmonic fills (27.52 dB on
-    the held-out photos, against 27.10 and 27.19 for either alone)."""
-    return 0.5 * (smooth_fill(known, mask) + biharmonic_fill(known, mask))
+def baseline_fills(known: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The harmonic fill alone and the prior, the two baselines the model is scored against. The prior is
+    what an untrained HoleFiller gives: the mean of the harmonic and the biharmonic fills (27.52 dB on the
+    held-out photos, against 27.10 and 27.19 for either alone)."""
+    harmonic = smooth_fill(known, mask)
+    return harmonic, 0.5 * (harmonic + biharmonic_fill(known, mask))
+
 
 
 class HoleFiller(nn.Module):
@@ -266,7 +269,8 @@ class HoleFiller(nn.Module):
     per pixel a gate between them and a correction of the gated fill. Neither fill wins everywhere: on the
     held-out photos the biharmonic fill is the better one on 30 of 64 crops, and the better of the two per
     crop is 0.46 dB above their even blend, so choosing between them from the surroundings is the first
-    thing worth learning. Its last layer starts at zero: an untrained filler is the even blend (prior_fill)."""
+    thing worth learning. Its last layer starts at zero: an untrained filler is the even blend, the prior
+    of baseline_fills."""
 
     def __init__(self, width: float):
         super().__init__()
@@ -295,8 +299,7 @@ def hole_log_mse(result: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     """The mean over images of the log of each one's MSE inside its hole: the mean PSNR the task is scored
     by, up to a factor. A pooled MSE lets the hard, textured holes outweigh the smooth ones, whose decibels
     count the same in the mean; the floor keeps a perfect hole from dominating the gradient."""
-    errors = ((result - target).pow(2) * mask).sum(dim=(1, 2, 3))
-    return torch.log(errors / (mask.sum(dim=(1, 2, 3)) * result.shape[1]).clamp(min=1) + HOLE_MSE_FLOOR).mean()
+    return torch.log(masked_mse(result, target, mask) + HOLE_MSE_FLOOR).mean()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,10 +329,11 @@ def hole_psnr(result: np.ndarray, original: np.ndarray, hole: np.ndarray) -> flo
     return float(masked_psnr(as_batch(result), as_batch(original), hole))
 
 
-def classical_image(fill: Callable[..., torch.Tensor], image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """A classical fill (smooth_fill, prior_fill) of the hole of a uint8 RGB image, as uint8."""
+def baseline_images(image: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """baseline_fills (the harmonic fill, the prior) of the hole of a uint8 RGB image, as uint8 images."""
     mask = torch.from_numpy(hole)[None, None].float()
-    return to_uint8_images(fill(as_batch(image) * (1 - mask), mask))[0]
+    harmonic, prior = baseline_fills(as_batch(image) * (1 - mask), mask)
+    return to_uint8_images(harmonic)[0], to_uint8_images(prior)[0]
 
 
 def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] | None = None,
@@ -349,8 +353,9 @@ def score_photos(loaded: LoadedModel, predict: Predict, names: tuple[str, ...] |
             filled, baseline = answer_image(answer), telea(crop, hole)
             model_scores.append(hole_psnr(filled, crop, hole))
             telea_scores.append(hole_psnr(baseline, crop, hole))
-            harmonic_scores.append(hole_psnr(classical_image(smooth_fill, crop, hole), crop, hole))
-            prior_scores.append(hole_psnr(classical_image(prior_fill, crop, hole), crop, hole))
+            harmonic_filled, prior_filled = baseline_images(crop, hole)
+            harmonic_scores.append(hole_psnr(harmonic_filled, crop, hole))
+            prior_scores.append(hole_psnr(prior_filled, crop, hole))
             if out and index == 0:
                 shown = np.where(hole[..., None], np.uint8(255), crop)
                 panels = side_by_side([("input (hole)", shown), ("cv2.inpaint Telea", baseline),
@@ -437,9 +442,9 @@ class InpaintTask(Task):
                                      for image, hole in zip(batch["image"].cpu().numpy(), holes, strict=False)])
             learned.update(masked_psnr(filled, images, masks))
             baseline.update(masked_psnr(to_model_input(torch.from_numpy(telea_filled).to(device)), images, masks))
-            known = images * (1 - masks)
-            harmonic.update(masked_psnr(smooth_fill(known, masks), images, masks))
-            prior.update(masked_psnr(prior_fill(known, masks), images, masks))
+            harmonic_filled, prior_filled = baseline_fills(images * (1 - masks), masks)
+            harmonic.update(masked_psnr(harmonic_filled, images, masks))
+            prior.update(masked_psnr(prior_filled, images, masks))
             mean_loss.update(hole_log_mse(filled, images, masks), weight=len(images))
         model_psnr, telea_psnr = float(learned.compute()), float(baseline.compute())
         return {"psnr_hole": model_psnr, "psnr_hole_telea": telea_psnr, "psnr_gain": model_psnr - telea_psnr,
